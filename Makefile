@@ -1,0 +1,58 @@
+# All set-up happens here: a fresh machine needs only `make demo` or `make test`.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: venv test test-all lint format proto demo bench-moe bench-quality bench-speed bench-transfer bench-load bench clean
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip setuptools wheel
+	# torch is pinned and installed first so nothing pulls a CUDA build.
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[test]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+proto: $(STAMP)
+	$(BIN)/python scripts/gen_proto.py
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+test-all: $(STAMP)
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(STAMP)
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+demo: $(STAMP)
+	$(BIN)/mycroft simulate --scenario demo
+
+bench-moe: $(STAMP)
+	$(BIN)/python bench/moe.py
+
+bench-quality: $(STAMP)
+	$(BIN)/python bench/quality.py
+
+bench-speed: $(STAMP)
+	$(BIN)/python bench/selection_speed.py
+
+bench-transfer: $(STAMP)
+	$(BIN)/python bench/transfer.py
+
+bench-load: $(STAMP)
+	$(BIN)/python bench/load.py
+
+bench: bench-moe bench-quality bench-speed bench-transfer bench-load
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache runs
