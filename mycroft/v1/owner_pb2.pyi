@@ -14,30 +14,14 @@ class Tensor(_message.Message):
     dtype: str
     shape: _containers.RepeatedScalarFieldContainer[int]
     data: bytes
-    def __init__(
-        self,
-        dtype: _Optional[str] = ...,
-        shape: _Optional[_Iterable[int]] = ...,
-        data: _Optional[bytes] = ...,
-    ) -> None: ...
+    def __init__(self, dtype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class DescribeRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
 class DescribeResponse(_message.Message):
-    __slots__ = (
-        "protocol_version",
-        "owner_name",
-        "class_names",
-        "row_count",
-        "input_shape",
-        "feature_names",
-        "methods",
-        "class_counts",
-        "trainer_id",
-        "budget",
-    )
+    __slots__ = ("protocol_version", "owner_name", "class_names", "row_count", "input_shape", "feature_names", "methods", "class_counts", "trainer_id", "budget")
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
     OWNER_NAME_FIELD_NUMBER: _ClassVar[int]
     CLASS_NAMES_FIELD_NUMBER: _ClassVar[int]
@@ -58,19 +42,7 @@ class DescribeResponse(_message.Message):
     class_counts: _containers.RepeatedScalarFieldContainer[int]
     trainer_id: str
     budget: Budget
-    def __init__(
-        self,
-        protocol_version: _Optional[str] = ...,
-        owner_name: _Optional[str] = ...,
-        class_names: _Optional[_Iterable[str]] = ...,
-        row_count: _Optional[int] = ...,
-        input_shape: _Optional[_Iterable[int]] = ...,
-        feature_names: _Optional[_Iterable[str]] = ...,
-        methods: _Optional[_Iterable[str]] = ...,
-        class_counts: _Optional[_Iterable[int]] = ...,
-        trainer_id: _Optional[str] = ...,
-        budget: _Optional[_Union[Budget, _Mapping]] = ...,
-    ) -> None: ...
+    def __init__(self, protocol_version: _Optional[str] = ..., owner_name: _Optional[str] = ..., class_names: _Optional[_Iterable[str]] = ..., row_count: _Optional[int] = ..., input_shape: _Optional[_Iterable[int]] = ..., feature_names: _Optional[_Iterable[str]] = ..., methods: _Optional[_Iterable[str]] = ..., class_counts: _Optional[_Iterable[int]] = ..., trainer_id: _Optional[str] = ..., budget: _Optional[_Union[Budget, _Mapping]] = ...) -> None: ...
 
 class Budget(_message.Message):
     __slots__ = ("cap", "used", "left")
@@ -80,9 +52,7 @@ class Budget(_message.Message):
     cap: int
     used: int
     left: int
-    def __init__(
-        self, cap: _Optional[int] = ..., used: _Optional[int] = ..., left: _Optional[int] = ...
-    ) -> None: ...
+    def __init__(self, cap: _Optional[int] = ..., used: _Optional[int] = ..., left: _Optional[int] = ...) -> None: ...
 
 class ModelRef(_message.Message):
     __slots__ = ("sha256",)
@@ -98,12 +68,7 @@ class ModelStatus(_message.Message):
     sha256: str
     present: bool
     size: int
-    def __init__(
-        self,
-        sha256: _Optional[str] = ...,
-        present: _Optional[bool] = ...,
-        size: _Optional[int] = ...,
-    ) -> None: ...
+    def __init__(self, sha256: _Optional[str] = ..., present: _Optional[bool] = ..., size: _Optional[int] = ...) -> None: ...
 
 class ModelChunk(_message.Message):
     __slots__ = ("sha256", "total_size", "data")
@@ -113,12 +78,7 @@ class ModelChunk(_message.Message):
     sha256: str
     total_size: int
     data: bytes
-    def __init__(
-        self,
-        sha256: _Optional[str] = ...,
-        total_size: _Optional[int] = ...,
-        data: _Optional[bytes] = ...,
-    ) -> None: ...
+    def __init__(self, sha256: _Optional[str] = ..., total_size: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class RawHardSet(_message.Message):
     __slots__ = ("features", "labels")
@@ -126,11 +86,7 @@ class RawHardSet(_message.Message):
     LABELS_FIELD_NUMBER: _ClassVar[int]
     features: Tensor
     labels: Tensor
-    def __init__(
-        self,
-        features: _Optional[_Union[Tensor, _Mapping]] = ...,
-        labels: _Optional[_Union[Tensor, _Mapping]] = ...,
-    ) -> None: ...
+    def __init__(self, features: _Optional[_Union[Tensor, _Mapping]] = ..., labels: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
 
 class EmbeddedHardSet(_message.Message):
     __slots__ = ("embeddings", "gradients", "labels")
@@ -140,24 +96,10 @@ class EmbeddedHardSet(_message.Message):
     embeddings: Tensor
     gradients: Tensor
     labels: Tensor
-    def __init__(
-        self,
-        embeddings: _Optional[_Union[Tensor, _Mapping]] = ...,
-        gradients: _Optional[_Union[Tensor, _Mapping]] = ...,
-        labels: _Optional[_Union[Tensor, _Mapping]] = ...,
-    ) -> None: ...
+    def __init__(self, embeddings: _Optional[_Union[Tensor, _Mapping]] = ..., gradients: _Optional[_Union[Tensor, _Mapping]] = ..., labels: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
 
 class SelectRequest(_message.Message):
-    __slots__ = (
-        "request_id",
-        "method",
-        "budget",
-        "model_sha256",
-        "raw",
-        "embedded",
-        "seed",
-        "params",
-    )
+    __slots__ = ("request_id", "method", "budget", "model_sha256", "raw", "embedded", "seed", "params")
     class ParamsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -165,7 +107,6 @@ class SelectRequest(_message.Message):
         key: str
         value: float
         def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
-
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     METHOD_FIELD_NUMBER: _ClassVar[int]
     BUDGET_FIELD_NUMBER: _ClassVar[int]
@@ -182,17 +123,7 @@ class SelectRequest(_message.Message):
     embedded: EmbeddedHardSet
     seed: int
     params: _containers.ScalarMap[str, float]
-    def __init__(
-        self,
-        request_id: _Optional[str] = ...,
-        method: _Optional[str] = ...,
-        budget: _Optional[int] = ...,
-        model_sha256: _Optional[str] = ...,
-        raw: _Optional[_Union[RawHardSet, _Mapping]] = ...,
-        embedded: _Optional[_Union[EmbeddedHardSet, _Mapping]] = ...,
-        seed: _Optional[int] = ...,
-        params: _Optional[_Mapping[str, float]] = ...,
-    ) -> None: ...
+    def __init__(self, request_id: _Optional[str] = ..., method: _Optional[str] = ..., budget: _Optional[int] = ..., model_sha256: _Optional[str] = ..., raw: _Optional[_Union[RawHardSet, _Mapping]] = ..., embedded: _Optional[_Union[EmbeddedHardSet, _Mapping]] = ..., seed: _Optional[int] = ..., params: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
 class RowsChunk(_message.Message):
     __slots__ = ("features", "labels", "row_ids", "scores")
@@ -204,25 +135,10 @@ class RowsChunk(_message.Message):
     labels: Tensor
     row_ids: Tensor
     scores: Tensor
-    def __init__(
-        self,
-        features: _Optional[_Union[Tensor, _Mapping]] = ...,
-        labels: _Optional[_Union[Tensor, _Mapping]] = ...,
-        row_ids: _Optional[_Union[Tensor, _Mapping]] = ...,
-        scores: _Optional[_Union[Tensor, _Mapping]] = ...,
-    ) -> None: ...
+    def __init__(self, features: _Optional[_Union[Tensor, _Mapping]] = ..., labels: _Optional[_Union[Tensor, _Mapping]] = ..., row_ids: _Optional[_Union[Tensor, _Mapping]] = ..., scores: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
 
 class SelectSummary(_message.Message):
-    __slots__ = (
-        "request_id",
-        "rows_sent",
-        "new_rows_charged",
-        "replayed",
-        "budget",
-        "timings",
-        "missing_classes",
-        "shortfall_reason",
-    )
+    __slots__ = ("request_id", "rows_sent", "new_rows_charged", "replayed", "budget", "timings", "missing_classes", "shortfall_reason")
     class TimingsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -230,7 +146,6 @@ class SelectSummary(_message.Message):
         key: str
         value: float
         def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
-
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     ROWS_SENT_FIELD_NUMBER: _ClassVar[int]
     NEW_ROWS_CHARGED_FIELD_NUMBER: _ClassVar[int]
@@ -247,17 +162,7 @@ class SelectSummary(_message.Message):
     timings: _containers.ScalarMap[str, float]
     missing_classes: _containers.RepeatedScalarFieldContainer[int]
     shortfall_reason: str
-    def __init__(
-        self,
-        request_id: _Optional[str] = ...,
-        rows_sent: _Optional[int] = ...,
-        new_rows_charged: _Optional[int] = ...,
-        replayed: _Optional[bool] = ...,
-        budget: _Optional[_Union[Budget, _Mapping]] = ...,
-        timings: _Optional[_Mapping[str, float]] = ...,
-        missing_classes: _Optional[_Iterable[int]] = ...,
-        shortfall_reason: _Optional[str] = ...,
-    ) -> None: ...
+    def __init__(self, request_id: _Optional[str] = ..., rows_sent: _Optional[int] = ..., new_rows_charged: _Optional[int] = ..., replayed: _Optional[bool] = ..., budget: _Optional[_Union[Budget, _Mapping]] = ..., timings: _Optional[_Mapping[str, float]] = ..., missing_classes: _Optional[_Iterable[int]] = ..., shortfall_reason: _Optional[str] = ...) -> None: ...
 
 class SelectChunk(_message.Message):
     __slots__ = ("rows", "summary")
@@ -265,11 +170,7 @@ class SelectChunk(_message.Message):
     SUMMARY_FIELD_NUMBER: _ClassVar[int]
     rows: RowsChunk
     summary: SelectSummary
-    def __init__(
-        self,
-        rows: _Optional[_Union[RowsChunk, _Mapping]] = ...,
-        summary: _Optional[_Union[SelectSummary, _Mapping]] = ...,
-    ) -> None: ...
+    def __init__(self, rows: _Optional[_Union[RowsChunk, _Mapping]] = ..., summary: _Optional[_Union[SelectSummary, _Mapping]] = ...) -> None: ...
 
 class LedgerRequest(_message.Message):
     __slots__ = ("trainer_id",)
@@ -289,14 +190,7 @@ class LedgerEntry(_message.Message):
     rows: int
     new_rows: int
     timestamp: float
-    def __init__(
-        self,
-        request_id: _Optional[str] = ...,
-        method: _Optional[str] = ...,
-        rows: _Optional[int] = ...,
-        new_rows: _Optional[int] = ...,
-        timestamp: _Optional[float] = ...,
-    ) -> None: ...
+    def __init__(self, request_id: _Optional[str] = ..., method: _Optional[str] = ..., rows: _Optional[int] = ..., new_rows: _Optional[int] = ..., timestamp: _Optional[float] = ...) -> None: ...
 
 class LedgerResponse(_message.Message):
     __slots__ = ("trainer_id", "budget", "entries")
@@ -306,9 +200,4 @@ class LedgerResponse(_message.Message):
     trainer_id: str
     budget: Budget
     entries: _containers.RepeatedCompositeFieldContainer[LedgerEntry]
-    def __init__(
-        self,
-        trainer_id: _Optional[str] = ...,
-        budget: _Optional[_Union[Budget, _Mapping]] = ...,
-        entries: _Optional[_Iterable[_Union[LedgerEntry, _Mapping]]] = ...,
-    ) -> None: ...
+    def __init__(self, trainer_id: _Optional[str] = ..., budget: _Optional[_Union[Budget, _Mapping]] = ..., entries: _Optional[_Iterable[_Union[LedgerEntry, _Mapping]]] = ...) -> None: ...
