@@ -52,7 +52,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         stems = generate(Path(tmp))
         stale = [
-            str(committed.relative_to(ROOT))
+            str(committed.relative_to(OUT))
             for fresh, committed in zip(
                 generated_files(Path(tmp), stems), generated_files(OUT, stems), strict=True
             )

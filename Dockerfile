@@ -1,0 +1,40 @@
+# One image for every Mycroft role: `mycroft owner serve`, `mycroft trainer run`,
+# `mycroft simulate`. Build: docker build -t mycroft .
+FROM python:3.11-slim-bookworm
+
+# The CPU-only PyTorch wheel index: the default PyPI build drags in several GB of CUDA.
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+# Fashion-MNIST (Debian's package) for the demo; openssl for the dev certificate script.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends dataset-fashion-mnist openssl \
+    && rm -rf /var/lib/apt/lists/*
+
+WORKDIR /app
+RUN pip install torch==2.13.0 --index-url "${TORCH_INDEX_URL}"
+
+COPY pyproject.toml README.md ./
+COPY proto ./proto
+COPY mycroft ./mycroft
+COPY moe ./moe
+COPY selection ./selection
+COPY owner_node ./owner_node
+COPY trainer_node ./trainer_node
+COPY scripts ./scripts
+RUN pip install .
+
+# Non-root: the owner guards private data; its state (ledger, model cache) lives in /state.
+RUN useradd --create-home --uid 10001 mycroft \
+    && mkdir -p /state /shared \
+    && chown mycroft:mycroft /state /shared
+USER mycroft
+VOLUME ["/state"]
+EXPOSE 50051
+
+ENTRYPOINT ["mycroft"]
+CMD ["--help"]
