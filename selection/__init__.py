@@ -1,1 +1,47 @@
-"""selection."""
+"""Owner-side selection strategies. Importing the package registers the built-ins:
+random, feature, gradient, funcfeat, binning, full (see METHOD.md §2)."""
+
+from selection import binning, feature, full, funcfeat, gradient, random_sampling  # noqa: F401
+from selection._contract import allocate, finalize, plan_classes, validate
+from selection.base import (
+    Candidates,
+    HardSet,
+    Head,
+    SelectionResult,
+    Strategy,
+    Timer,
+    available,
+    get_strategy,
+    register,
+)
+from selection.feature import FeatureIndexCache, IndexParams
+from selection.gradients import (
+    iter_last_layer_gradients,
+    last_layer_gradients,
+    softmax_residuals,
+)
+from selection.omp import OMPResult, omp, omp_naive
+
+__all__ = [
+    "Candidates",
+    "FeatureIndexCache",
+    "HardSet",
+    "Head",
+    "IndexParams",
+    "OMPResult",
+    "SelectionResult",
+    "Strategy",
+    "Timer",
+    "allocate",
+    "available",
+    "finalize",
+    "get_strategy",
+    "iter_last_layer_gradients",
+    "last_layer_gradients",
+    "omp",
+    "omp_naive",
+    "plan_classes",
+    "register",
+    "softmax_residuals",
+    "validate",
+]

@@ -1,0 +1,268 @@
+"""Core of the quality bench: one seed's world (scenario draw, baseline, D_hard, scoring
+checkpoint), owner-side selection, and "train on own data + subset, measure the gain".
+
+Training and measuring reuse trainer_node (model_config, train_config, train_and_measure,
+hard_payload, build_dhard); this module only adds what the bench controls: owner sizes, the
+scoring checkpoint, oversampling of tiny subsets, and a per-seed baseline cache.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from moe.io import load_model, save_model
+from moe.model import MoEClassifier, build_model
+from moe.train import EpochStats, embed_numpy, evaluate, train
+from mycroft.data.base import LabeledData
+from mycroft.scenario import ScenarioData, build, load_scenario
+from selection import Candidates, HardSet, Head, get_strategy
+from trainer_node.baseline import Baseline, TrainerData, hard_payload, model_config, train_config
+from trainer_node.config import ModelSettings, TrainingSettings
+from trainer_node.dhard import build_dhard
+from trainer_node.evaluate import train_and_measure
+
+CACHE = Path(tempfile.gettempdir()) / "mycroft-quality-cache"
+METHODS = ("random", "feature", "gradient", "funcfeat")
+FULL = "full"
+
+
+@dataclass
+class BenchConfig:
+    scenario: str = "fashion_five_owners"
+    # Owner sizes override the scenario file so that 1% is a meaningful row count
+    # (owner a: 6,000 rows -> 0.25%..2% = 15..120 rows, the paper's 16..128 range).
+    owner_sizes: dict[str, int] = field(
+        default_factory=lambda: {
+            "a_relevant": 6000,
+            "b_noisy_labels": 4000,
+            "c_noisy_features": 4000,
+            "d_irrelevant": 4000,
+            "e_small_relevant": 600,
+        }
+    )
+    budgets: tuple[float, ...] = (0.0025, 0.005, 0.01, 0.02, 0.05)  # share of an owner's rows
+    methods: tuple[str, ...] = METHODS
+    seeds: tuple[int, ...] = (0, 1, 2)
+    base_epochs: int = 6
+    base_lr: float = 2e-3
+    score_checkpoint: str = "early"  # "early" (after score_epoch) or "final"
+    score_epoch: int = 1
+    finetune_epochs: int = 4
+    finetune_lr: float = 1e-3
+    batch_size: int = 64
+    oversample_to: int = 512  # a subset smaller than this is repeated up to it, per epoch
+    replay_fraction: float = 0.5
+    funcfeat_psi_in_pick: bool = False
+    threads: int = 1
+    test_size: int | None = None  # None: the scenario's
+
+    def training(self) -> TrainingSettings:
+        return TrainingSettings(
+            epochs=self.base_epochs,
+            batch_size=self.batch_size,
+            lr=self.base_lr,
+            mode="finetune",
+            replay_fraction=self.replay_fraction,
+            finetune_epochs=self.finetune_epochs,
+            finetune_lr=self.finetune_lr,
+            extra={"num_threads": self.threads},
+        )
+
+
+@dataclass
+class World:
+    """Everything fixed for one seed: data, baseline, D_hard, the scoring checkpoint."""
+
+    seed: int
+    scen: ScenarioData
+    data: TrainerData
+    base: Baseline
+    scorer: MoEClassifier  # the checkpoint owners embed with and take the head from
+    hard: HardSet
+    head: Head
+    candidates: dict[str, Candidates]
+    base_seconds: float
+    embed_seconds: dict[str, float]
+    cached: bool
+
+
+@dataclass
+class Cell:
+    owner: str
+    method: str
+    budget_share: float | None  # None for full information
+    rows: int
+    relevant_share: float | None  # share of returned rows whose true class is a D_hard class
+    clean_share: float | None  # share neither label-flipped nor feature-corrupted
+    select_seconds: float
+    dhard_accuracy: float
+    test_accuracy: float
+    dhard_gain: float
+    test_gain: float
+    train_seconds: float
+
+
+def _scenario(cfg: BenchConfig):
+    scen = load_scenario(cfg.scenario)
+    owners = tuple(replace(o, size=cfg.owner_sizes.get(o.name, o.size)) for o in scen.owners)
+    trainer = scen.trainer if cfg.test_size is None else replace(scen.trainer, test_size=cfg.test_size)
+    return replace(scen, owners=owners, trainer=trainer)
+
+
+def _cache_key(cfg: BenchConfig, seed: int) -> str:
+    keys = ("scenario", "owner_sizes", "base_epochs", "base_lr", "score_epoch", "batch_size")
+    keys += ("test_size",)
+    blob = json.dumps({k: asdict(cfg)[k] for k in keys} | {"seed": seed}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _train_baseline(
+    cfg: BenchConfig, data: TrainerData, seed: int
+) -> tuple[MoEClassifier, MoEClassifier, float]:
+    """Final model and the checkpoint after `score_epoch` epochs (same run), seconds."""
+    mcfg = model_config(ModelSettings(gate="topk", num_experts=4, top_k=2), data)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = build_model(mcfg)
+    early: list[MoEClassifier] = []
+
+    def keep_early(stats: EpochStats) -> None:
+        if stats.epoch + 1 == cfg.score_epoch:
+            # deepcopy fails on the model's cached aux-loss tensor: copy the weights instead
+            snap = build_model(copy.deepcopy(model.config))
+            snap.load_state_dict(model.state_dict())
+            early.append(snap.eval())
+
+    start = time.perf_counter()
+    train(model, data.train, train_config(cfg.training(), seed), progress=keep_early)
+    return model, (early[0] if early else model), time.perf_counter() - start
+
+
+def make_world(cfg: BenchConfig, seed: int, log=print) -> World:
+    scen = build(_scenario(cfg), seed)
+    data = TrainerData(scen.trainer_train, scen.trainer_val, scen.test, "trainer")
+    folder = CACHE / _cache_key(cfg, seed)
+    cached = (folder / "final.safetensors").exists()
+    if cached:
+        model = load_model(folder / "final.safetensors")
+        early = load_model(folder / "early.safetensors")
+        seconds = json.loads((folder / "meta.json").read_text())["train_seconds"]
+    else:
+        model, early, seconds = _train_baseline(cfg, data, seed)
+        folder.mkdir(parents=True, exist_ok=True)
+        save_model(model, folder / "final.safetensors", write_json=False)
+        save_model(early, folder / "early.safetensors", write_json=False)
+        (folder / "meta.json").write_text(json.dumps({"train_seconds": seconds}))
+    log(f"seed {seed}: baseline {'cached' if cached else 'trained'} ({seconds:.1f} s)")
+    dhard = build_dhard(model, data.val, list(scen.dhard_classes), 0.5, seed)
+    if len(dhard.shared) == 0 or len(dhard.eval) == 0:
+        raise RuntimeError(f"seed {seed}: D_hard too small ({len(dhard.shared)}, {len(dhard.eval)})")
+    test_metrics = evaluate(model, data.test)
+    base = Baseline(
+        model=model,
+        config=model.config,
+        test=test_metrics,
+        val=evaluate(model, data.val),
+        dhard=dhard,
+        dhard_eval_accuracy=evaluate(model, dhard.eval).accuracy,
+        train_seconds=seconds,
+    )
+    scorer = early if cfg.score_checkpoint == "early" else model
+    # Privacy-preserving mode: the owner gets only D_hard embeddings + closed-form gradients.
+    payload = hard_payload(scorer, dhard.shared, "embedded")
+    hard = HardSet(labels=payload.labels, embeddings=payload.embeddings, gradients=payload.gradients)
+    w, b = scorer.head_weights()
+    candidates: dict[str, Candidates] = {}
+    embed_seconds: dict[str, float] = {}
+    for name, rows in scen.owners.items():
+        t0 = time.perf_counter()
+        emb = embed_numpy(scorer, rows.features)
+        embed_seconds[name] = time.perf_counter() - t0
+        candidates[name] = Candidates(row_ids=rows.row_ids, labels=rows.labels, embeddings=emb)
+    return World(
+        seed, scen, data, base, scorer, hard, Head(weight=w, bias=b), candidates, seconds,
+        embed_seconds, cached,
+    )
+
+
+def strategy_for(cfg: BenchConfig, method: str):
+    if method == "funcfeat":
+        return get_strategy("funcfeat", psi_in_pick=cfg.funcfeat_psi_in_pick)
+    return get_strategy(method)
+
+
+def _oversampled(rows: LabeledData, target: int, name: str) -> LabeledData:
+    """Tiny subsets repeated (whole copies first, then a prefix) so they can move the model."""
+    n = len(rows)
+    idx = np.resize(np.arange(n), max(n, target))
+    return LabeledData(
+        features=rows.features[idx],
+        labels=rows.labels[idx],
+        class_names=rows.class_names,
+        row_ids=np.arange(len(idx), dtype=np.int64),
+        name=name,
+    )
+
+
+def run_cell(
+    cfg: BenchConfig, world: World, owner: str, method: str, share: float | None, strategy
+) -> Cell:
+    """Select (owner side), then fine-tune on own data + subset and measure (trainer side)."""
+    rows_all = world.scen.owners[owner]
+    cand = world.candidates[owner]
+    budget = len(rows_all) if share is None else max(1, int(round(share * len(rows_all))))
+    t0 = time.perf_counter()
+    res = strategy.select(cand, world.hard, budget, head=world.head, seed=world.seed)
+    select_seconds = time.perf_counter() - t0
+    pos = np.flatnonzero(np.isin(cand.row_ids, res.row_ids))
+    before_d = world.base.dhard_eval_accuracy or 0.0
+    before_t = world.base.test.accuracy
+    if len(pos) == 0:  # nothing relevant to send: the model is unchanged (as trainer_node does)
+        return Cell(owner, method, share, 0, None, None, select_seconds, before_d, before_t,
+                    0.0, 0.0, 0.0)
+    relevant = float(world.scen.relevant(owner)[pos].mean())
+    clean = ~(world.scen.noisy_label[owner][pos] | world.scen.corrupted[owner][pos])
+    subset = _oversampled(rows_all.subset(pos), cfg.oversample_to, f"{owner}-{method}")
+    trained = train_and_measure(
+        world.base, world.data, subset, "finetune", world.seed, cfg.training()
+    )
+    return Cell(
+        owner=owner,
+        method=method,
+        budget_share=share,
+        rows=len(pos),
+        relevant_share=relevant,
+        clean_share=float(clean.mean()),
+        select_seconds=select_seconds,
+        dhard_accuracy=trained.dhard_accuracy,
+        test_accuracy=trained.test.accuracy,
+        dhard_gain=trained.dhard_accuracy - before_d,
+        test_gain=trained.test.accuracy - before_t,
+        train_seconds=trained.train_seconds,
+    )
+
+
+def run_seed(cfg: BenchConfig, seed: int, log=print) -> tuple[World, list[Cell]]:
+    world = make_world(cfg, seed, log)
+    cells: list[Cell] = []
+    for owner in world.scen.owners:
+        for method in cfg.methods:
+            strategy = strategy_for(cfg, method)  # one per owner: the FAISS index is reused
+            for share in cfg.budgets:
+                cells.append(run_cell(cfg, world, owner, method, share, strategy))
+        cells.append(run_cell(cfg, world, owner, FULL, None, get_strategy(FULL)))
+        done = [c for c in cells if c.owner == owner]
+        log(
+            f"seed {seed} {owner}: {len(done)} cells, full gain {done[-1].dhard_gain:+.3f}, "
+            f"train {sum(c.train_seconds for c in done):.0f} s"
+        )
+    return world, cells

@@ -1,0 +1,5 @@
+import sys
+
+from mycroft.cli import main
+
+sys.exit(main())

@@ -1,0 +1,242 @@
+"""CSV and Parquet tables: one row per example, one label column, numeric feature columns.
+
+Splits: a table is one split, "train", unless `split_column` is given; then each distinct
+value of that column is a split (e.g. "train"/"test") and `load(split)` keeps those rows.
+Labels are encoded over the whole file first, so class indices agree between splits.
+Row ids come from `row_id_column` when given, else the row's 0-based position in the file.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from mycroft.data._checks import as_class_names, check_row_ids, encode_labels
+from mycroft.data.base import LabeledData
+from mycroft.errors import ConfigError, DataError
+
+Column = list[object] | np.ndarray
+
+
+def _where(i: int, line_offset: int | None) -> str:
+    return f"row {i}" + (f" (line {i + line_offset})" if line_offset is not None else "")
+
+
+def _to_float(path: Path, col: str, values: Column, line_offset: int | None) -> np.ndarray:
+    """A numeric column as float32; the first bad cell is reported by column and row."""
+    arr = np.asarray(values)
+    if arr.dtype.kind in "biuf":
+        out = arr.astype(np.float64)
+    else:
+        # None (a Parquet null) and "" would silently become NaN or fail vaguely: name them.
+        for i, v in enumerate(values):
+            if v is None or v == "":
+                raise DataError(f"{path}: column {col!r}, {_where(i, line_offset)}: empty value")
+        try:
+            out = np.asarray(values, dtype=np.float64)  # parses numeric strings in one pass
+        except (ValueError, TypeError):
+            for i, v in enumerate(values):
+                try:
+                    float(v)  # type: ignore[arg-type]
+                except (ValueError, TypeError):
+                    raise DataError(
+                        f"{path}: column {col!r}, {_where(i, line_offset)}: {v!r} is not a number"
+                    ) from None
+            raise
+    bad = np.flatnonzero(~np.isfinite(out))
+    if bad.size:
+        i = int(bad[0])
+        raise DataError(f"{path}: column {col!r}, {_where(i, line_offset)}: value is {out[i]}")
+    return out.astype(np.float32)
+
+
+class _TableSource:
+    """Shared logic; subclasses implement `_read` returning columns in file order."""
+
+    kind = "table"
+    line_offset: int | None = None  # data row i is on line i + offset (CSV only)
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        label_column: str,
+        feature_columns: Sequence[str] | None = None,
+        class_names: Sequence[str] | None = None,
+        split_column: str | None = None,
+        row_id_column: str | None = None,
+        name: str | None = None,
+    ) -> None:
+        if not isinstance(path, str | os.PathLike):
+            raise ConfigError(f"path: must be a file path, got {type(path).__name__}")
+        for field, value in (
+            ("label_column", label_column),
+            ("split_column", split_column),
+            ("row_id_column", row_id_column),
+        ):
+            if value is not None and (not isinstance(value, str) or not value):
+                raise ConfigError(f"{field}: must be a column name (a non-empty string)")
+        if feature_columns is not None and (
+            isinstance(feature_columns, str)
+            or not all(isinstance(c, str) and c for c in feature_columns)
+            or len(feature_columns) == 0
+        ):
+            raise ConfigError("feature_columns: must be a non-empty list of column names")
+        self.path = Path(path).expanduser()
+        self.label_column = label_column
+        self.feature_columns = tuple(feature_columns) if feature_columns is not None else None
+        self.class_names = as_class_names(class_names, "class_names")
+        self.split_column = split_column
+        self.row_id_column = row_id_column
+        self.name = name or self.path.stem
+        self._columns: dict[str, Column] | None = None
+
+    def _read(self) -> dict[str, Column]:
+        raise NotImplementedError
+
+    def _table(self) -> dict[str, Column]:
+        if self._columns is None:
+            if not self.path.is_file():
+                raise DataError(f"{self.path}: {self.kind} file not found")
+            columns = self._read()
+            if not columns:
+                raise DataError(f"{self.path}: empty file (no header)")
+            if len(next(iter(columns.values()))) == 0:
+                raise DataError(f"{self.path}: no data rows")
+            self._columns = columns
+        return self._columns
+
+    def _column(self, columns: dict[str, Column], col: str, role: str) -> Column:
+        if col not in columns:
+            raise DataError(
+                f"{self.path}: {role} column {col!r} not found (columns: {list(columns)})"
+            )
+        return columns[col]
+
+    def _split_values(self, columns: dict[str, Column]) -> list[str]:
+        assert self.split_column is not None
+        raw = self._column(columns, self.split_column, "split")
+        return ["" if v is None else str(v).strip() for v in list(raw)]
+
+    @property
+    def splits(self) -> tuple[str, ...]:
+        if self.split_column is None:
+            return ("train",)
+        return tuple(sorted(set(self._split_values(self._table()))))
+
+    def load(self, split: str = "train") -> LabeledData:
+        columns = self._table()
+        labels_raw = self._column(columns, self.label_column, "label")
+        labels_list = list(labels_raw) if isinstance(labels_raw, np.ndarray) else labels_raw
+        for i, v in enumerate(labels_list):
+            if v is None or (isinstance(v, float) and np.isnan(v)):
+                raise DataError(
+                    f"{self.path}: column {self.label_column!r}, "
+                    f"{_where(i, self.line_offset)}: missing label"
+                )
+        labels, class_names = encode_labels(
+            labels_raw
+            if isinstance(labels_raw, np.ndarray)
+            else np.asarray([str(v) for v in labels_list]),
+            self.class_names,
+            f"{self.path}: column {self.label_column!r}",
+        )
+        reserved = {self.label_column, self.split_column, self.row_id_column}
+        feature_cols = self.feature_columns or tuple(c for c in columns if c not in reserved)
+        if not feature_cols:
+            raise DataError(f"{self.path}: no feature columns besides the label column")
+        features = np.stack(
+            [
+                _to_float(self.path, c, self._column(columns, c, "feature"), self.line_offset)
+                for c in feature_cols
+            ],
+            axis=1,
+        )
+        n = len(labels)
+        if self.row_id_column is not None:
+            raw_ids = np.asarray(self._column(columns, self.row_id_column, "row id"))
+            try:
+                raw_ids = raw_ids.astype(np.int64) if raw_ids.dtype.kind in "USO" else raw_ids
+            except (ValueError, TypeError):
+                raise DataError(
+                    f"{self.path}: column {self.row_id_column!r} holds non-integer row ids"
+                ) from None
+            row_ids = check_row_ids(raw_ids, n, f"{self.path}: column {self.row_id_column!r}")
+        else:
+            row_ids = np.arange(n, dtype=np.int64)
+        if self.split_column is None:
+            if split != "train":
+                raise DataError(
+                    f"{self.path}: no split {split!r}: without split_column a table has "
+                    "only the split 'train'"
+                )
+            keep = np.ones(n, dtype=bool)
+        else:
+            values = np.asarray(self._split_values(columns))
+            keep = values == split
+            if not keep.any():
+                raise DataError(
+                    f"{self.path}: no rows with {self.split_column!r} == {split!r} "
+                    f"(values: {sorted(set(values.tolist()))})"
+                )
+        return LabeledData(
+            features=features[keep],
+            labels=labels[keep],
+            class_names=class_names,
+            row_ids=row_ids[keep],
+            name=f"{self.name}/{split}",
+            feature_names=tuple(feature_cols),
+        )
+
+
+class CsvSource(_TableSource):
+    """A CSV file with a header row."""
+
+    kind = "CSV"
+    line_offset = 2  # line 1 is the header
+
+    def _read(self) -> dict[str, Column]:
+        try:
+            with open(self.path, newline="", encoding="utf-8") as fh:
+                rows = list(csv.reader(fh))
+        except (OSError, UnicodeDecodeError, csv.Error) as exc:
+            raise DataError(f"{self.path}: cannot read CSV ({exc})") from None
+        rows = [r for r in rows if r]  # blank lines carry no row
+        if not rows:
+            return {}
+        header = [h.strip() for h in rows[0]]
+        if len(set(header)) != len(header):
+            raise DataError(f"{self.path}: duplicate column names in header {header}")
+        body = rows[1:]
+        for i, r in enumerate(body):
+            if len(r) != len(header):
+                raise DataError(
+                    f"{self.path}: {_where(i, self.line_offset)} has {len(r)} fields, "
+                    f"the header has {len(header)}"
+                )
+        return {h: [r[j].strip() for r in body] for j, h in enumerate(header)}
+
+
+class ParquetSource(_TableSource):
+    """A Parquet file read with pyarrow; numeric columns stay numeric, nulls are rejected."""
+
+    kind = "Parquet"
+
+    def _read(self) -> dict[str, Column]:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        try:
+            table = pq.read_table(self.path)
+        except (OSError, pa.ArrowException) as exc:
+            raise DataError(f"{self.path}: cannot read Parquet ({exc})") from None
+        columns: dict[str, Column] = {}
+        for name, col in zip(table.column_names, table.columns, strict=True):
+            t = col.type
+            numeric = pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t)
+            # Nulls become None, reported by row only if the column is used.
+            columns[name] = col.to_numpy() if numeric and not col.null_count else col.to_pylist()
+        return columns

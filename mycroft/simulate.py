@@ -1,0 +1,279 @@
+"""`mycroft simulate`: a scenario run as real processes on this machine.
+
+`prepare` builds the scenario's data and writes one NPZ file and one config per node (the same
+files `docker compose` mounts); `run_local` starts one `mycroft owner serve` process per owner on
+a loopback port, waits for each to report SERVING, runs the trainer against them, and stops the
+owners with SIGTERM. Nothing here is simulation-only: the processes are the production nodes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import logging
+import secrets
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mycroft.errors import ConfigError, MycroftError
+from mycroft.scenario import Scenario, ScenarioData, build, load_scenario
+
+log = logging.getLogger("mycroft.simulate")
+TRAINER_ID = "trainer-1"
+COMPOSE_PORT = 50051
+
+
+@dataclass
+class OwnerPlan:
+    name: str  # the scenario's owner name, shown in reports
+    host: str  # compose service name or 127.0.0.1
+    port: int
+    config: Path
+    rows: int
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+@dataclass
+class SimulationPlan:
+    run_dir: Path
+    trainer_config: Path
+    owners: list[OwnerPlan] = field(default_factory=list)
+
+
+def _toml_value(value: object) -> str:
+    # json's string and list syntax is valid TOML for the plain values written here.
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, Path):
+        value = str(value)
+    return json.dumps(value)
+
+
+def _toml(tables: list[tuple[str, dict[str, object]]]) -> str:
+    lines: list[str] = []
+    for header, values in tables:
+        lines.append(header)
+        lines.extend(f"{k} = {_toml_value(v)}" for k, v in values.items() if v is not None)
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _write_private(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    path.chmod(0o600)  # configs hold tokens
+
+
+def _budgets(scenario: Scenario, data: ScenarioData) -> list[int]:
+    """Row budgets for the trainer. Fractions are taken of the median owner's rows, so every
+    owner is asked for the same number of rows and gains compare fairly."""
+    sizes = sorted(len(d) for d in data.owners.values())
+    median = sizes[len(sizes) // 2]
+    rows = [scenario.run.budget_rows(b, median) for b in scenario.run.budgets]
+    return sorted(set(rows))
+
+
+def prepare(
+    scenario: Scenario,
+    run_dir: Path,
+    *,
+    seed: int = 0,
+    hosts: str = "loopback",
+    tls: bool = False,
+    certs: Path | None = None,
+    state_root: Path | None = None,
+) -> SimulationPlan:
+    """Write every node's data and config under `run_dir`; start nothing."""
+    if tls and (certs is None or not (certs / "ca.pem").is_file()):
+        raise ConfigError(
+            f"--certs: {certs}/ca.pem not found; make one with scripts/make_dev_certs.sh"
+        )
+    run_dir = run_dir.resolve()
+    data = build(scenario, seed)
+    owner_files = data.save_owners(run_dir / "data" / "owners")
+    trainer_dir = run_dir / "data" / "trainer"
+    from mycroft.data import save_npz
+
+    paths = {
+        split: save_npz(part, trainer_dir / f"{split}.npz")
+        for split, part in (
+            ("train", data.trainer_train),
+            ("val", data.trainer_val),
+            ("test", data.test),
+        )
+    }
+    methods = list(scenario.run.methods)
+    budgets = _budgets(scenario, data)
+    plan = SimulationPlan(run_dir=run_dir, trainer_config=run_dir / "trainer.toml")
+    owner_tables = []
+    for i, (name, path) in enumerate(owner_files.items()):
+        rows = len(data.owners[name])
+        if hosts == "compose":
+            # compose services are owner-a, owner-b, ... in scenario order
+            host, port, listen = f"owner-{chr(ord('a') + i)}", COMPOSE_PORT, "0.0.0.0"
+            config = run_dir / "owners" / f"{host}.toml"
+        else:
+            host, port, listen = "127.0.0.1", _free_port(), "127.0.0.1"
+            config = run_dir / "owners" / f"{name}.toml"
+        token = secrets.token_urlsafe(24)
+        state = (state_root or run_dir / "state") / name
+        owner_table_values: dict[str, object] = {
+            "name": name,
+            "listen": f"{listen}:{port}",
+            "state_dir": state,
+        }
+        if tls:  # probes (compose healthcheck, simulate) use a plaintext loopback health port
+            health_port = COMPOSE_PORT + 1 if hosts == "compose" else _free_port()
+            owner_table_values["health_listen"] = f"127.0.0.1:{health_port}"
+        tables: list[tuple[str, dict[str, object]]] = [
+            ("[owner]", owner_table_values),
+            ("[data]", {"source": "npz", "path": path}),
+            # Evaluation run: the cap lets every method and budget (and "full") be answered.
+            ("[budget]", {"default_cap": rows, "max_rows_per_request": rows}),
+            ("[[trainers]]", {"id": TRAINER_ID, "token": token, "cap": rows}),
+            ("[limits]", {"max_budget": max(rows, 1)}),
+            ("[selection]", {"allow_full": "full" in methods}),
+        ]
+        tls_owner = None
+        if tls:
+            assert certs is not None
+            tables.append(
+                (
+                    "[tls]",
+                    {
+                        "cert": certs / f"{host if hosts == 'compose' else 'localhost'}.pem",
+                        "key": certs / f"{host if hosts == 'compose' else 'localhost'}.key",
+                        "client_ca": certs / "ca.pem",
+                    },
+                )
+            )
+            tls_owner = {
+                "ca_cert": certs / "ca.pem",
+                "client_cert": certs / f"{TRAINER_ID}.pem",
+                "client_key": certs / f"{TRAINER_ID}.key",
+            }
+        _write_private(config, _toml(tables))
+        plan.owners.append(OwnerPlan(name=name, host=host, port=port, config=config, rows=rows))
+        owner_table: dict[str, object] = {
+            "name": name,
+            "address": f"{host}:{port}",
+            "token": token,
+            "deadline_seconds": 600.0,
+        }
+        owner_tables.append(("[[owners]]", owner_table))
+        if tls_owner is not None:
+            owner_tables.append(("[owners.tls]", tls_owner))
+
+    run = scenario.run
+    dhard_classes = [data.class_names[c] for c in data.dhard_classes]
+    trainer_tables: list[tuple[str, dict[str, object]]] = [
+        (
+            "[trainer]",
+            {"id": TRAINER_ID, "run_dir": run_dir, "run_id": f"{scenario.name}-seed{seed}"},
+        ),
+        ("[data]", {"train": paths["train"], "val": paths["val"], "test": paths["test"]}),
+        (
+            "[model]",
+            {"gate": run.model.gate, "num_experts": run.model.experts, "top_k": run.model.top_k},
+        ),
+        ("[training]", {"epochs": run.epochs, "seeds": run.seeds, "mode": run.training}),
+        ("[dhard]", {"classes": dhard_classes, "shared_fraction": run.shared_fraction}),
+        ("[selection]", {"methods": methods, "budgets": budgets, "mode": "embedded"}),
+        *owner_tables,
+    ]
+    _write_private(plan.trainer_config, _toml(trainer_tables))
+    return plan
+
+
+def _wait_serving(owner: OwnerPlan, proc: subprocess.Popen, log_path: Path, timeout: float) -> None:
+    from owner_node.health import probe
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            tail = log_path.read_text()[-2000:] if log_path.exists() else ""
+            raise MycroftError(f"owner {owner.name} exited with {proc.returncode}:\n{tail}")
+        if probe(owner.config, timeout=1.0):
+            return
+        time.sleep(0.3)
+    raise MycroftError(f"owner {owner.name} did not report SERVING within {timeout:.0f} s")
+
+
+def _stop(procs: list[subprocess.Popen], grace: float = 15.0) -> None:
+    for proc in procs:
+        if proc.poll() is None:
+            proc.terminate()  # SIGTERM: the owner drains in-flight calls and closes its ledger
+    deadline = time.monotonic() + grace
+    for proc in procs:
+        try:
+            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def run_local(plan: SimulationPlan, *, startup_timeout: float = 120.0) -> int:
+    """Start the owners as processes, run the trainer, stop the owners. Returns an exit code."""
+    from trainer_node.config import load_config
+    from trainer_node.pipeline import run_trainer
+
+    logs = plan.run_dir / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    procs: list[subprocess.Popen] = []
+    try:
+        for owner in plan.owners:
+            log_path = logs / f"{owner.name}.log"
+            with open(log_path, "wb") as out:
+                cmd = [sys.executable, "-m", "mycroft", "owner", "serve", "--config"]
+                procs.append(
+                    subprocess.Popen(
+                        [*cmd, str(owner.config)], stdout=out, stderr=subprocess.STDOUT
+                    )
+                )
+        for owner, proc in zip(plan.owners, procs, strict=True):
+            _wait_serving(owner, proc, logs / f"{owner.name}.log", startup_timeout)
+            log.info("owner %s serving on %s (pid %d)", owner.name, owner.address, proc.pid)
+        report = run_trainer(load_config(plan.trainer_config), print_table=True)
+    finally:
+        _stop(procs)
+    print(f"\nreport: {plan.run_dir / 'report.json'}")
+    html = plan.run_dir / "report.html"
+    if html.exists():
+        print(f"html:   {html}")
+    return 0 if report.ranking else 1
+
+
+def simulate_from_args(args: argparse.Namespace) -> int:
+    scenario = load_scenario(args.scenario)
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    run_dir = Path(args.out) if args.out else Path("runs") / f"{scenario.name}-{stamp}"
+    tls = args.tls == "on"
+    plan = prepare(
+        scenario,
+        run_dir,
+        seed=args.seed,
+        hosts=args.hosts,
+        tls=tls,
+        certs=Path(args.certs).resolve() if args.certs else None,
+    )
+    if args.prepare_only:
+        print(f"prepared {len(plan.owners)} owners and the trainer in {plan.run_dir}")
+        return 0
+    if args.hosts != "loopback":
+        raise ConfigError("--hosts: only loopback can be run here; compose runs the containers")
+    print(f"scenario {scenario.name}: {len(plan.owners)} owners, run dir {plan.run_dir}")
+    return run_local(plan)

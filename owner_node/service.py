@@ -1,0 +1,297 @@
+"""The DataOwner gRPC servicer: small methods over Engine, Ledger and Authenticator.
+
+Every RPC authenticates first. Errors become status codes with readable messages (see
+`_STATUS`); anything unexpected becomes INTERNAL with a short message and is logged here with
+the trainer and request id, never sent to the client as a traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import CancelledError, Future
+from concurrent.futures import TimeoutError as FutureTimeout
+
+import grpc
+import numpy as np
+
+from mycroft import wire
+from mycroft.errors import DataError, InvalidRequest, ModelFileError, MycroftError
+from mycroft.v1 import owner_pb2 as pb
+from mycroft.v1 import owner_pb2_grpc as pb_grpc
+from owner_node import errors
+from owner_node.auth import Authenticator, Caller
+from owner_node.engine import PROTOCOL_VERSION, Engine
+from owner_node.ledger import BudgetState, ChargeResult, Ledger
+from owner_node.models import check_sha
+from owner_node.requests import SelectJob, parse_select
+from selection.base import SelectionResult
+
+log = logging.getLogger("owner_node.service")
+
+
+class _Deadline(MycroftError):
+    def __init__(self) -> None:
+        super().__init__("deadline exceeded while selecting; retry with the same request_id")
+
+
+_STATUS: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
+    (_Deadline, grpc.StatusCode.DEADLINE_EXCEEDED),
+    (errors.Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
+    (errors.PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
+    (InvalidRequest, grpc.StatusCode.INVALID_ARGUMENT),
+    (ModelFileError, grpc.StatusCode.INVALID_ARGUMENT),
+    (errors.ModelNotFound, grpc.StatusCode.NOT_FOUND),
+    (errors.ModelMismatch, grpc.StatusCode.FAILED_PRECONDITION),
+    (errors.RequestConflict, grpc.StatusCode.ALREADY_EXISTS),
+    (errors.BudgetExhausted, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (errors.Busy, grpc.StatusCode.UNAVAILABLE),
+    (DataError, grpc.StatusCode.FAILED_PRECONDITION),
+    (MycroftError, grpc.StatusCode.FAILED_PRECONDITION),
+)
+
+
+def _rpc(method: Callable) -> Callable:
+    """Map exceptions of a unary/client-streaming RPC to status codes."""
+
+    @functools.wraps(method)
+    def wrapper(self: OwnerServicer, request, context: grpc.ServicerContext):
+        try:
+            return method(self, request, context)
+        except Exception as e:  # noqa: BLE001 - every error must become a status
+            _abort(context, e, method.__name__, "-")
+
+    return wrapper
+
+
+def _abort(
+    context: grpc.ServicerContext, e: Exception, rpc: str, request_id: str, trainer: str = "-"
+) -> None:
+    for cls, code in _STATUS:
+        if isinstance(e, cls):
+            log.info("%s trainer=%s request=%s -> %s: %s", rpc, trainer, request_id, code.name, e)
+            context.abort(code, str(e))
+    log.exception("%s trainer=%s request=%s failed unexpectedly", rpc, trainer, request_id)
+    context.abort(
+        grpc.StatusCode.INTERNAL,
+        f"internal error in {rpc} (request {request_id}); the owner's log has details",
+    )
+
+
+class OwnerServicer(pb_grpc.DataOwnerServicer):
+    def __init__(self, engine: Engine, ledger: Ledger, auth: Authenticator):
+        self.engine = engine
+        self.ledger = ledger
+        self.auth = auth
+        self.limits = engine.config.limits
+        self.max_rows = engine.config.budget.max_rows_per_request
+
+    @_rpc
+    def Describe(self, request: pb.DescribeRequest, context) -> pb.DescribeResponse:
+        caller = self.auth.identify(context)
+        info = self.engine.info()
+        return pb.DescribeResponse(
+            protocol_version=PROTOCOL_VERSION,
+            owner_name=info.name,
+            class_names=info.class_names,
+            row_count=info.row_count,
+            input_shape=info.input_shape,
+            feature_names=info.feature_names,
+            methods=info.methods,
+            class_counts=info.class_counts,
+            trainer_id=caller.trainer_id,
+            budget=_budget(self.ledger.budget(caller.trainer_id)),
+        )
+
+    @_rpc
+    def HasModel(self, request: pb.ModelRef, context) -> pb.ModelStatus:
+        self.auth.identify(context)
+        sha = check_sha(request.sha256)
+        size = self.engine.models.size(sha)
+        return pb.ModelStatus(sha256=sha, present=size is not None, size=size or 0)
+
+    @_rpc
+    def UploadModel(self, request_iterator: Iterable[pb.ModelChunk], context) -> pb.ModelStatus:
+        caller = self.auth.identify(context)
+        upload = None
+        try:
+            for chunk in request_iterator:
+                if upload is None:
+                    upload = self.engine.models.begin_upload(chunk.sha256, chunk.total_size)
+                elif (chunk.sha256 and chunk.sha256 != upload.sha) or (
+                    chunk.total_size and chunk.total_size != upload.total_size
+                ):
+                    raise InvalidRequest("sha256", "later chunks must not change sha256/size")
+                upload.add(chunk.data)
+            if upload is None:
+                raise InvalidRequest("sha256", "empty upload: the first chunk names the model")
+            loaded = upload.finish()
+        finally:
+            if upload is not None:
+                upload.abort()
+        self.engine.warm(loaded)
+        log.info(
+            "upload trainer=%s model=%s bytes=%d",
+            caller.trainer_id,
+            upload.sha[:12],
+            upload.total_size,
+        )
+        return pb.ModelStatus(sha256=upload.sha, present=True, size=upload.total_size)
+
+    @_rpc
+    def GetLedger(self, request: pb.LedgerRequest, context) -> pb.LedgerResponse:
+        caller = self.auth.identify(context)
+        if request.trainer_id and request.trainer_id != caller.trainer_id:
+            raise errors.PermissionDenied("a trainer may read only its own ledger")
+        entries = self.ledger.entries(caller.trainer_id)
+        return pb.LedgerResponse(
+            trainer_id=caller.trainer_id,
+            budget=_budget(self.ledger.budget(caller.trainer_id)),
+            entries=[
+                pb.LedgerEntry(
+                    request_id=e.request_id,
+                    method=e.method,
+                    rows=e.rows,
+                    new_rows=e.new_rows,
+                    timestamp=e.timestamp,
+                )
+                for e in entries
+            ],
+        )
+
+    def Select(self, request: pb.SelectRequest, context) -> Iterator[pb.SelectChunk]:
+        rid = _printable(request.request_id[: self.limits.max_request_id_chars]) or "-"
+        who = "-"
+        try:
+            caller = self.auth.identify(context)
+            who = caller.trainer_id
+            started = time.perf_counter()
+            job = parse_select(request, self.limits, self.max_rows)
+            charge, result = self._select(caller, job, context)
+            if charge is None:
+                return  # the client went away before anything was charged
+            log.info(
+                "select trainer=%s request=%s method=%s mode=%s rows=%d new=%d cut=%d "
+                "replayed=%s left=%d took=%.3fs",
+                caller.trainer_id,
+                rid,
+                job.method,
+                job.mode,
+                len(charge.row_ids),
+                charge.new_rows,
+                charge.cut,
+                charge.replayed,
+                charge.budget.left,
+                time.perf_counter() - started,
+            )
+            yield from self._stream(job, charge, result, started)
+        except Exception as e:  # noqa: BLE001 - every error must become a status
+            _abort(context, e, "Select", rid, who)
+
+    def _select(
+        self, caller: Caller, job: SelectJob, context
+    ) -> tuple[ChargeResult | None, SelectionResult | None]:
+        trainer = caller.trainer_id
+        replay = self.ledger.replay(
+            trainer, job.request_id, job.method, job.budget, job.fingerprint
+        )
+        if replay is not None:
+            return replay, None
+        state = self.ledger.budget(trainer)
+        if state.left == 0 and state.used == 0:
+            raise errors.BudgetExhausted(f"trainer {trainer!r} has a budget cap of 0 rows")
+        result = _wait(self.engine.submit(job), context)
+        if result is None:
+            return None, None
+        t = time.perf_counter()
+        charge = self.ledger.charge(
+            trainer,
+            job.request_id,
+            job.method,
+            result.row_ids,
+            result.scores,
+            budget=job.budget,
+            fingerprint=job.fingerprint,
+            note={
+                "missing_classes": [int(c) for c in result.missing_classes],
+                "shortfall_reason": _shortfall(result, job.budget),
+            },
+        )
+        result.timings["charge"] = time.perf_counter() - t
+        return charge, result
+
+    def _stream(
+        self,
+        job: SelectJob,
+        charge: ChargeResult,
+        result: SelectionResult | None,
+        started: float,
+    ) -> Iterator[pb.SelectChunk]:
+        features, labels = self.engine.rows(charge.row_ids)
+        per_row = int(np.prod(self.engine.data.input_shape)) * features.dtype.itemsize + 20
+        for part in wire.row_chunks(len(charge.row_ids), per_row):
+            yield pb.SelectChunk(
+                rows=pb.RowsChunk(
+                    features=wire.encode(features[part]),
+                    labels=wire.encode(labels[part].astype(np.int64)),
+                    row_ids=wire.encode(charge.row_ids[part]),
+                    scores=wire.encode(charge.scores[part]),
+                )
+            )
+        note = charge.note
+        reason = note.get("shortfall_reason") or ""
+        if charge.cut:
+            cut = f"budget cap reached: {charge.cut} new rows cut (left {charge.budget.left})"
+            reason = f"{reason}; {cut}" if reason else cut
+        timings = dict(result.timings) if result is not None else {}
+        timings["total"] = time.perf_counter() - started
+        yield pb.SelectChunk(
+            summary=pb.SelectSummary(
+                request_id=job.request_id,
+                rows_sent=len(charge.row_ids),
+                new_rows_charged=charge.new_rows,
+                replayed=charge.replayed,
+                budget=_budget(charge.budget),
+                timings=timings,
+                missing_classes=note.get("missing_classes", []),
+                shortfall_reason=reason,
+            )
+        )
+
+
+def _wait(future: Future[SelectionResult], context) -> SelectionResult | None:
+    """Wait for a selection within the call's deadline; None if the client went away."""
+    while True:
+        remaining = context.time_remaining()
+        if remaining is not None and remaining <= 0:
+            future.cancel()
+            raise _Deadline()
+        if not context.is_active():
+            future.cancel()
+            return None
+        step = 0.25 if remaining is None else min(0.25, remaining)
+        try:
+            return future.result(timeout=step)
+        except FutureTimeout:
+            continue
+        except CancelledError:
+            return None
+
+
+def _shortfall(result: SelectionResult, budget: int) -> str:
+    if result.shortfall_reason:
+        return result.shortfall_reason
+    if len(result.row_ids) < budget:
+        return f"the method returned {len(result.row_ids)} of {budget} rows"
+    return ""
+
+
+def _printable(text: str) -> str:
+    """Request ids go into log lines: no control characters from the network."""
+    return "".join(c if c.isprintable() else "?" for c in text)
+
+
+def _budget(state: BudgetState) -> pb.Budget:
+    return pb.Budget(cap=state.cap, used=state.used, left=state.left)

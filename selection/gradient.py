@@ -1,0 +1,151 @@
+"""Gradient matching: per D_hard class, non-negative regularised OMP over the owner's rows of that
+class against the sum of D_hard's last-layer gradients of that class.
+
+Candidate gradients are never materialised: OMP works on the factors u = p - y and e (see
+selection/omp.py), so memory is O(N·(C+d)) rather than O(N·C·(d+1)).
+
+Large classes: when a class has more than max(prefilter_factor·k_c, prefilter_min) rows, OMP runs
+on the top rows by initial alignment Aᵀt only (OMP's first pick is the argmax of that same
+score). Measured in bench/selection_speed.py; switch off with prefilter_min=None.
+
+If OMP stops early (no untried row correlates positively with the residual), the rest of the
+class budget is filled with untried rows by initial alignment, with score 0, so the budget
+contract's "fewer only when rows run out" holds.
+
+Which checkpoint the head comes from is the trainer's choice (METHOD.md §2: an early checkpoint
+picks more relevant rows); the strategy uses whatever head and embeddings it is given.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from selection._contract import ClassPlan, allocate, finalize, plan_classes, validate
+from selection.base import Candidates, HardSet, Head, SelectionResult, Strategy, Timer, register
+from selection.gradients import DEFAULT_BATCH, last_layer_gradients, softmax_residuals
+from selection.omp import FactoredAtoms, omp
+
+
+@register("gradient")
+class GradientMatching(Strategy):
+    needs_embeddings = True
+    needs_gradients = True
+
+    def __init__(
+        self,
+        lam: float = 0.5,
+        prefilter_min: int | None = 20_000,
+        prefilter_factor: int = 20,
+        batch_size: int = DEFAULT_BATCH,
+    ) -> None:
+        self.lam = lam
+        self.prefilter_min = prefilter_min
+        self.prefilter_factor = prefilter_factor
+        self.batch_size = batch_size
+
+    # funcfeat overrides these two
+    def _lam2(self) -> float:
+        return 0.0
+
+    def _psi(self, emb_c: np.ndarray, hard_emb_c: np.ndarray | None) -> np.ndarray | None:
+        return None
+
+    def _psi_in_pick(self) -> bool:
+        return False
+
+    def _needs_hard_embeddings(self) -> bool:
+        return False
+
+    def select(
+        self,
+        candidates: Candidates,
+        hard: HardSet,
+        budget: int,
+        *,
+        head: Head | None = None,
+        seed: int = 0,
+    ) -> SelectionResult:
+        if head is None:
+            raise ValueError(f"{self.name} selection needs the trainer's head (last layer)")
+        if candidates.embeddings is None:
+            raise ValueError(f"{self.name} selection needs candidates.embeddings")
+        if hard.gradients is None and hard.embeddings is None:
+            raise ValueError(f"{self.name} selection needs D_hard gradients or embeddings")
+        if self._needs_hard_embeddings() and hard.embeddings is None:
+            raise ValueError(f"{self.name} selection needs D_hard embeddings")
+        budget = validate(candidates, hard, budget, head)
+        timer = Timer()
+        with timer("plan"):
+            plan = plan_classes(candidates, hard)
+            alloc = allocate(
+                {c: plan.hard_counts[c] for c in plan.positions},
+                {c: len(p) for c, p in plan.positions.items()},
+                budget,
+            )
+        pos_out: list[np.ndarray] = []
+        score_out: list[np.ndarray] = []
+        for c in plan.classes.tolist():
+            if alloc[c] == 0:
+                continue
+            p, s = self._select_class(candidates, hard, head, plan, c, alloc[c], timer)
+            pos_out.append(p)
+            score_out.append(s)
+        positions = np.concatenate(pos_out) if pos_out else np.empty(0, np.int64)
+        scores = np.concatenate(score_out) if score_out else np.empty(0, np.float32)
+        order = np.argsort(-scores, kind="stable")  # rank rows by OMP weight across classes
+        return finalize(
+            candidates, positions[order], scores[order], budget, plan=plan, timings=timer.timings
+        )
+
+    def _target(self, hard: HardSet, head: Head, c: int) -> np.ndarray:
+        mask = hard.labels == c
+        if hard.gradients is not None:
+            return hard.gradients[mask].astype(np.float64).sum(axis=0)
+        g = last_layer_gradients(hard.embeddings[mask], hard.labels[mask], head, self.batch_size)
+        return g.astype(np.float64).sum(axis=0)
+
+    def _select_class(
+        self,
+        candidates: Candidates,
+        hard: HardSet,
+        head: Head,
+        plan: ClassPlan,
+        c: int,
+        k: int,
+        timer: Timer,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        pos = plan.positions[c]
+        with timer("gradients"):
+            emb = candidates.embeddings[pos]
+            u = softmax_residuals(emb, candidates.labels[pos], head, self.batch_size)
+            t = self._target(hard, head, c)
+            atoms = FactoredAtoms(u, emb)
+            align = atoms.matvec(t)  # Aᵀt: prefilter and fill order
+        with timer("psi"):
+            hard_emb = None if hard.embeddings is None else hard.embeddings[hard.labels == c]
+            psi = self._psi(emb, hard_emb)
+        sub = np.arange(len(pos))
+        with timer("prefilter"):
+            if self.prefilter_min is not None:
+                m = max(self.prefilter_factor * k, self.prefilter_min)
+                if len(pos) > m:
+                    sub = np.sort(np.argpartition(-align, m - 1)[:m])
+                    atoms = FactoredAtoms(u[sub], emb[sub])
+        with timer("omp"):
+            res = omp(
+                atoms,
+                t,
+                k,
+                lam=self.lam,
+                lam2=self._lam2(),
+                psi=None if psi is None else psi[sub],
+                psi_in_pick=self._psi_in_pick(),
+            )
+        chosen = sub[res.indices]
+        scores = res.weights.astype(np.float32)
+        if len(chosen) < k:
+            rest = np.setdiff1d(np.arange(len(pos)), chosen)
+            fill = rest[np.argsort(-align[rest], kind="stable")[: k - len(chosen)]]
+            chosen = np.concatenate([chosen, fill])
+            scores = np.concatenate([scores, np.zeros(len(fill), np.float32)])
+        return pos[chosen], scores

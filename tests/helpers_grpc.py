@@ -1,0 +1,210 @@
+"""Reusable pieces for tests that talk to a real owner over loopback gRPC.
+
+`owner_config(tmp_path)` builds a config with four trainers (alice/bob with room, carol with a
+small cap, dave with none), `running_owner(config, data)` starts an in-process server on an
+ephemeral port, `OwnerClient` wraps the stub with a bearer token and collects Select streams.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+
+from mycroft import wire
+from mycroft.data.base import LabeledData
+from mycroft.v1 import owner_pb2 as pb
+from mycroft.v1 import owner_pb2_grpc as pb_grpc
+from owner_node.config import OwnerConfig, parse_config
+from owner_node.server import OwnerServer, build_server
+
+TOKENS = {
+    "alice": "alice-token-0123456789",
+    "bob": "bob-token-0123456789abc",
+    "carol": "carol-token-0123456789a",
+    "dave": "dave-token-0123456789ab",
+}
+CAPS = {"alice": 1000, "bob": 1000, "carol": 12, "dave": 0}
+
+
+def digits_data(split: str = "train") -> LabeledData:
+    from mycroft.data import Digits
+
+    return Digits().load(split)
+
+
+def tiny_model_bytes(data: LabeledData, seed: int = 0, embed_dim: int = 8) -> bytes:
+    """An untrained, tiny MoE for `data`'s shape: enough to embed and to score rows."""
+    import torch
+
+    from moe.config import ModelConfig
+    from moe.io import model_to_bytes
+    from moe.model import build_model
+
+    torch.manual_seed(seed)
+    cfg = ModelConfig(
+        input_shape=data.input_shape,
+        num_classes=data.num_classes,
+        class_names=data.class_names,
+        stem="conv" if len(data.input_shape) == 3 else "mlp",
+        stem_dim=16,
+        conv_channels=4,
+        embed_dim=embed_dim,
+        num_experts=2,
+        top_k=1,
+        expert_hidden=8,
+    )
+    return model_to_bytes(build_model(cfg))
+
+
+def owner_config(tmp_path: Path, **sections: Mapping[str, Any]) -> OwnerConfig:
+    """A config on 127.0.0.1:0 with the four test trainers; `sections` override tables."""
+    raw: dict[str, Any] = {
+        "owner": {"name": "test-owner", "listen": "127.0.0.1:0", "state_dir": "state"},
+        "data": {"source": "digits"},
+        "budget": {"default_cap": 100, "max_rows_per_request": 64},
+        "trainers": [{"id": t, "token": TOKENS[t], "cap": CAPS[t]} for t in TOKENS],
+        "selection": {"allow_full": True},
+    }
+    for name, table in sections.items():
+        if isinstance(table, Mapping) and isinstance(raw.get(name), dict):
+            raw[name] = {**raw[name], **table}
+        else:
+            raw[name] = table
+    return parse_config(raw, base_dir=tmp_path)
+
+
+@contextlib.contextmanager
+def running_owner(
+    config: OwnerConfig, data: LabeledData | None = None
+) -> Iterator[tuple[OwnerServer, int]]:
+    server, port = build_server(config, data)
+    server.start()
+    try:
+        yield server, port
+    finally:
+        server.stop(grace=1.0).wait(10)
+
+
+@dataclass
+class Selected:
+    features: np.ndarray
+    labels: np.ndarray
+    row_ids: np.ndarray
+    scores: np.ndarray
+    summary: pb.SelectSummary
+    chunks: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class OwnerClient:
+    def __init__(self, channel: grpc.Channel, token: str | None):
+        self.stub = pb_grpc.DataOwnerStub(channel)
+        self.metadata = (("authorization", f"Bearer {token}"),) if token else ()
+
+    def describe(self) -> pb.DescribeResponse:
+        return self.stub.Describe(pb.DescribeRequest(), metadata=self.metadata, timeout=10)
+
+    def has_model(self, sha: str) -> pb.ModelStatus:
+        return self.stub.HasModel(pb.ModelRef(sha256=sha), metadata=self.metadata, timeout=10)
+
+    def upload(self, data: bytes, sha: str | None = None, chunk: int = 64 * 1024) -> pb.ModelStatus:
+        from moe.io import model_sha256
+
+        sha = sha or model_sha256(data)
+
+        def chunks() -> Iterator[pb.ModelChunk]:
+            for i in range(0, len(data), chunk):
+                first = i == 0
+                yield pb.ModelChunk(
+                    sha256=sha if first else "",
+                    total_size=len(data) if first else 0,
+                    data=data[i : i + chunk],
+                )
+
+        return self.stub.UploadModel(chunks(), metadata=self.metadata, timeout=60)
+
+    def ledger(self, trainer_id: str = "") -> pb.LedgerResponse:
+        return self.stub.GetLedger(
+            pb.LedgerRequest(trainer_id=trainer_id), metadata=self.metadata, timeout=10
+        )
+
+    def select(self, request: pb.SelectRequest, timeout: float = 60) -> Selected:
+        feats, labels, ids, scores = [], [], [], []
+        summary = None
+        n_chunks = 0
+        for msg in self.stub.Select(request, metadata=self.metadata, timeout=timeout):
+            if msg.WhichOneof("payload") == "rows":
+                n_chunks += 1
+                r = msg.rows
+                feats.append(wire.decode(r.features, "features", dtype="float32"))
+                labels.append(wire.decode(r.labels, "labels", dtype="int64", ndim=1))
+                ids.append(wire.decode(r.row_ids, "row_ids", dtype="int64", ndim=1))
+                scores.append(wire.decode(r.scores, "scores", dtype="float32", ndim=1))
+            else:
+                assert summary is None, "more than one summary"
+                summary = msg.summary
+        assert summary is not None, "stream ended without a summary"
+        empty = np.zeros(0)
+        return Selected(
+            features=np.concatenate(feats) if feats else empty.astype(np.float32),
+            labels=np.concatenate(labels) if labels else empty.astype(np.int64),
+            row_ids=np.concatenate(ids) if ids else empty.astype(np.int64),
+            scores=np.concatenate(scores) if scores else empty.astype(np.float32),
+            summary=summary,
+            chunks=n_chunks,
+        )
+
+
+def raw_request(
+    request_id: str,
+    method: str,
+    budget: int,
+    model_sha: str,
+    features: np.ndarray,
+    labels: np.ndarray,
+    **kwargs: Any,
+) -> pb.SelectRequest:
+    return pb.SelectRequest(
+        request_id=request_id,
+        method=method,
+        budget=budget,
+        model_sha256=model_sha,
+        raw=pb.RawHardSet(features=wire.encode(features), labels=wire.encode(labels)),
+        **kwargs,
+    )
+
+
+def embedded_request(
+    request_id: str,
+    method: str,
+    budget: int,
+    model_sha: str,
+    embeddings: np.ndarray | None,
+    gradients: np.ndarray | None,
+    labels: np.ndarray,
+    **kwargs: Any,
+) -> pb.SelectRequest:
+    hard = pb.EmbeddedHardSet(labels=wire.encode(labels))
+    if embeddings is not None:
+        hard.embeddings.CopyFrom(wire.encode(embeddings))
+    if gradients is not None:
+        hard.gradients.CopyFrom(wire.encode(gradients))
+    return pb.SelectRequest(
+        request_id=request_id,
+        method=method,
+        budget=budget,
+        model_sha256=model_sha,
+        embedded=hard,
+        **kwargs,
+    )
+
+
+def status_of(excinfo: Any) -> tuple[grpc.StatusCode, str]:
+    err = excinfo.value
+    return err.code(), err.details()

@@ -1,0 +1,89 @@
+"""D_hard: only misclassified rows of the chosen classes, disjoint, reproducible, stratified."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.datasets import load_digits
+
+from moe.config import ModelConfig
+from moe.model import build_model
+from moe.train import TrainConfig, predict, train
+from mycroft.data.base import LabeledData
+from trainer_node.dhard import build_dhard
+
+NAMES = tuple(str(i) for i in range(10))
+
+
+@pytest.fixture(scope="module")
+def setup():
+    d = load_digits()
+    x = (d.images / 16.0).astype(np.float32)[:, None]
+    data = LabeledData(
+        x, d.target.astype(np.int64), NAMES, np.arange(1000, 1000 + len(x), dtype=np.int64)
+    )
+    tr, val = data.subset(np.arange(0, 1797, 2)), data.subset(np.arange(1, 1797, 2))
+    cfg = ModelConfig(
+        input_shape=(1, 8, 8),
+        num_classes=10,
+        class_names=NAMES,
+        stem_dim=16,
+        conv_channels=4,
+        expert_hidden=8,
+        embed_dim=8,
+    )
+    m = build_model(cfg, seed=0)
+    # Deliberately under-trained, so there are misclassified rows in several classes.
+    train(m, tr, TrainConfig(epochs=1, batch_size=64, seed=0, max_steps=8))
+    wrong = predict(m, val.features) != val.labels
+    assert wrong.sum() > 40
+    return m, val, wrong
+
+
+def ids(d: LabeledData) -> set[int]:
+    return set(d.row_ids.tolist())
+
+
+def test_only_misclassified_rows_of_chosen_classes(setup) -> None:
+    m, val, wrong = setup
+    classes = [1, 3, 8, 9]
+    dh = build_dhard(m, val, classes=classes, seed=0)
+    assert dh.classes == classes
+    for part in (dh.shared, dh.eval):
+        assert set(part.labels.tolist()) <= set(classes)
+        assert (predict(m, part.features) != part.labels).all()
+    expected = val.row_ids[wrong & np.isin(val.labels, classes)]
+    assert ids(dh.shared) | ids(dh.eval) == set(expected.tolist())
+
+
+def test_split_is_disjoint_reproducible_and_stratified(setup) -> None:
+    m, val, wrong = setup
+    a = build_dhard(m, val, seed=3)
+    b = build_dhard(m, val, seed=3)
+    c = build_dhard(m, val, seed=4)
+    assert not ids(a.shared) & ids(a.eval)
+    assert np.array_equal(a.shared.row_ids, b.shared.row_ids)
+    assert np.array_equal(a.eval.row_ids, b.eval.row_ids)
+    assert not np.array_equal(a.shared.row_ids, c.shared.row_ids)
+    assert ids(a.shared) | ids(a.eval) == ids(c.shared) | ids(c.eval)
+    assert a.classes == list(range(10))
+    for cls in range(10):
+        n = int((wrong & (val.labels == cls)).sum())
+        n_shared = int((a.shared.labels == cls).sum())
+        n_eval = int((a.eval.labels == cls).sum())
+        assert n_shared + n_eval == n
+        if n >= 2:
+            assert n_shared >= 1 and n_eval >= 1
+            assert abs(n_shared - n / 2) <= 1
+
+
+def test_fraction_and_bad_arguments(setup) -> None:
+    m, val, _ = setup
+    dh = build_dhard(m, val, shared_fraction=0.25, seed=0)
+    assert len(dh.shared) < len(dh.eval)
+    with pytest.raises(ValueError):
+        build_dhard(m, val, classes=[10])
+    with pytest.raises(ValueError):
+        build_dhard(m, val, shared_fraction=1.0)
+    empty = build_dhard(m, val, classes=[], seed=0)
+    assert len(empty.shared) == 0 and len(empty.eval) == 0

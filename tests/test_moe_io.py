@@ -1,0 +1,168 @@
+"""Model files: exact roundtrips, and refusal of corrupt, mismatched or hostile files."""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save as st_save
+
+from moe.config import ModelConfig
+from moe.io import (
+    CONFIG_KEY,
+    FORMAT,
+    load_model,
+    model_from_bytes,
+    model_sha256,
+    model_to_bytes,
+    save_model,
+)
+from moe.model import build_model
+from mycroft.errors import ConfigError, ModelFileError
+
+NAMES = tuple(str(i) for i in range(10))
+
+
+def cfg(**kw) -> ModelConfig:
+    base = dict(
+        input_shape=(1, 8, 8),
+        num_classes=10,
+        class_names=NAMES,
+        stem_dim=32,
+        conv_channels=8,
+        expert_hidden=32,
+        embed_dim=16,
+        norm_mean=(0.3,),
+        norm_std=(0.4,),
+    )
+    base.update(kw)
+    return ModelConfig(**base)
+
+
+def tensors_and_meta(data: bytes) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    (n,) = struct.unpack("<Q", data[:8])
+    meta = json.loads(data[8 : 8 + n])["__metadata__"]
+    from safetensors.torch import load
+
+    return load(data), meta
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"gate": "topk"},
+        {"gate": "sinkhorn"},
+        {"gate": "hash"},
+        {"gate": "comet", "local_search": True},
+        {"gate": "dense"},
+        {"gate": "topk", "stem": "mlp", "input_shape": (64,), "norm_mean": None, "norm_std": None},
+    ],
+)
+def test_save_load_gives_identical_logits(tmp_path: Path, kw: dict) -> None:
+    m = build_model(cfg(**kw), seed=3).eval()
+    x = torch.rand(20, *m.config.input_shape)
+    path = save_model(m, tmp_path / "model.safetensors")
+    assert json.loads(path.with_suffix(".json").read_text())["config"]["gate"] == kw["gate"]
+    loaded = load_model(path)
+    assert loaded.config == m.config
+    with torch.no_grad():
+        assert torch.equal(m(x), loaded(x))
+        assert torch.equal(m.embed(x), loaded.embed(x))
+
+
+def test_bytes_roundtrip_and_hash() -> None:
+    m = build_model(cfg(gate="topk"), seed=0)
+    data = model_to_bytes(m)
+    assert model_to_bytes(m) == data  # deterministic bytes -> stable hash
+    assert len(model_sha256(data)) == 64
+    m2 = model_from_bytes(data)
+    assert model_to_bytes(m2) == data
+    w, b = m2.head_weights()
+    assert w.shape == (10, 16) and b.shape == (10,) and w.dtype.name == "float32"
+
+
+def test_config_dict_roundtrip_and_validation() -> None:
+    c = cfg(gate="comet", top_k=3)
+    assert ModelConfig.from_dict(json.loads(json.dumps(c.to_dict()))) == c
+    with pytest.raises(ConfigError, match="unknown gate 'moe-magic'"):
+        ModelConfig.from_dict({**c.to_dict(), "gate": "moe-magic"})
+    with pytest.raises(ConfigError, match="unknown field"):
+        ModelConfig.from_dict({**c.to_dict(), "evil": 1})
+    with pytest.raises(ConfigError, match="top_k"):
+        ModelConfig.from_dict({**c.to_dict(), "top_k": 9})
+    with pytest.raises(ConfigError):
+        ModelConfig.from_dict({**c.to_dict(), "num_experts": "8"})
+
+
+def good_bytes() -> bytes:
+    return model_to_bytes(build_model(cfg(gate="topk"), seed=0))
+
+
+def rebuild(tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> bytes:
+    return st_save(tensors, metadata=meta)
+
+
+def hostile_files() -> dict[str, bytes]:
+    data = good_bytes()
+    tensors, meta = tensors_and_meta(data)
+    conf = json.loads(meta[CONFIG_KEY])
+    out: dict[str, bytes] = {
+        "empty": b"",
+        "truncated": data[: len(data) // 2],
+        "truncated header": data[:40],
+        "garbage": b"\x00" * 8 + b"not json at all" * 10,
+        "huge header size": struct.pack("<Q", 1 << 60) + data[8:],
+        "bad header json": struct.pack("<Q", 5) + b"{oops" + data[13:],
+        "no metadata": rebuild(tensors, {}),
+        "wrong format": rebuild(tensors, {**meta, "format": "other"}),
+        "future version": rebuild(tensors, {**meta, "format_version": "99"}),
+        "bad config json": rebuild(tensors, {**meta, CONFIG_KEY: "{not json"}),
+        "unknown gate": rebuild(tensors, {**meta, CONFIG_KEY: json.dumps({**conf, "gate": "x"})}),
+        "config/shape mismatch": rebuild(
+            tensors, {**meta, CONFIG_KEY: json.dumps({**conf, "stem_dim": 48})}
+        ),
+        "oversized config": rebuild(
+            tensors,
+            {
+                **meta,
+                CONFIG_KEY: json.dumps(
+                    {**conf, "num_experts": 256, "expert_hidden": 8192, "stem_dim": 8192}
+                ),
+            },
+        ),
+        "missing tensor": rebuild({k: v for k, v in tensors.items() if k != "head.bias"}, meta),
+        "extra tensor": rebuild({**tensors, "evil": torch.zeros(3)}, meta),
+        "wrong dtype": rebuild({**tensors, "head.bias": tensors["head.bias"].half()}, meta),
+        "nan weights": rebuild(
+            {**tensors, "head.bias": torch.full_like(tensors["head.bias"], float("nan"))}, meta
+        ),
+    }
+    flipped = bytearray(data)
+    (n,) = struct.unpack("<Q", data[:8])
+    flipped[8 + n // 2] = ord("\x07")  # a control byte inside the JSON header
+    out["corrupt header byte"] = bytes(flipped)
+    return out
+
+
+@pytest.mark.parametrize("case", sorted(hostile_files()))
+def test_hostile_files_are_refused(case: str, tmp_path: Path) -> None:
+    data = hostile_files()[case]
+    with pytest.raises(ModelFileError):
+        model_from_bytes(data)
+    path = tmp_path / "bad.safetensors"
+    path.write_bytes(data)
+    with pytest.raises(ModelFileError, match="bad.safetensors"):
+        load_model(path)
+
+
+def test_missing_file_is_model_file_error(tmp_path: Path) -> None:
+    with pytest.raises(ModelFileError, match="cannot read"):
+        load_model(tmp_path / "nope.safetensors")
+
+
+def test_metadata_names_the_format() -> None:
+    _, meta = tensors_and_meta(good_bytes())
+    assert meta["format"] == FORMAT and ModelConfig.from_dict(json.loads(meta[CONFIG_KEY]))

@@ -1,0 +1,305 @@
+"""OwnerClient against a real owner server on loopback (and a proxy that injects failures)."""
+
+from __future__ import annotations
+
+import contextlib
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+import numpy as np
+import pytest
+
+from mycroft import wire
+from mycroft.data import Digits
+from mycroft.v1 import owner_pb2 as pb
+from mycroft.v1 import owner_pb2_grpc as pb_grpc
+from owner_node.config import parse_config as owner_config
+from owner_node.server import build_server
+from trainer_node.client import OwnerClient, OwnerError, RawHard, SelectRequestSpec
+from trainer_node.config import ClientSettings, OwnerEndpoint
+
+TOKEN = "trainer-test-token-0123456789"
+
+
+def tiny_model_bytes(data) -> bytes:
+    import torch
+
+    from moe.config import ModelConfig
+    from moe.io import model_to_bytes
+    from moe.model import build_model
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(
+        input_shape=data.input_shape,
+        num_classes=data.num_classes,
+        class_names=data.class_names,
+        stem_dim=16,
+        conv_channels=4,
+        embed_dim=8,
+        num_experts=2,
+        top_k=1,
+        expert_hidden=8,
+    )
+    return model_to_bytes(build_model(cfg))
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return Digits().load("train")
+
+
+@pytest.fixture(scope="module")
+def owner(tmp_path_factory, digits):
+    tmp = tmp_path_factory.mktemp("owner")
+    cfg = owner_config(
+        {
+            "owner": {"name": "o1", "listen": "127.0.0.1:0", "state_dir": "state"},
+            "data": {"source": "digits"},
+            "budget": {"default_cap": 500, "max_rows_per_request": 64},
+            "trainers": [{"id": "t1", "token": TOKEN}],
+        },
+        base_dir=tmp,
+    )
+    server, port = build_server(cfg, digits.subset(np.arange(400)))
+    server.start()
+    yield f"127.0.0.1:{port}"
+    server.stop(grace=0.5).wait(10)
+
+
+@pytest.fixture(scope="module")
+def model(digits):
+    return tiny_model_bytes(digits)
+
+
+def client_for(address: str, sleeps: list[float] | None = None, token: str = TOKEN, **settings):
+    endpoint = OwnerEndpoint("o1", address, token, deadline_seconds=20)
+    s = ClientSettings(**{"retries": 2, "backoff": 0.01, **settings})
+    return OwnerClient(endpoint, s, sleep=sleeps.append if sleeps is not None else None)
+
+
+def hard_rows(digits) -> RawHard:
+    idx = np.flatnonzero(np.isin(digits.labels, [3, 8]))[-10:]
+    return RawHard(digits.features[idx], digits.labels[idx])
+
+
+def spec(rid: str, model: bytes, digits, method: str = "feature", budget: int = 8):
+    import hashlib
+
+    sha = hashlib.sha256(model).hexdigest()
+    return SelectRequestSpec(rid, method, budget, sha, hard_rows(digits), seed=0)
+
+
+def test_describe_upload_select_ledger(owner, model, digits):
+    with client_for(owner) as c:
+        info = c.describe()
+        assert info.owner_name == "o1" and info.row_count == 400
+        assert info.class_names == digits.class_names and info.input_shape == (1, 8, 8)
+        assert "feature" in info.methods and info.budget.cap == 500
+        status, uploaded = c.ensure_model(model, chunk_bytes=4096)  # many chunks
+        assert status.present and status.size == len(model)
+        assert c.ensure_model(model)[1] is False  # cached: no second upload
+        sub = c.select(spec("direct-1", model, digits))
+        assert len(sub) == 8 and sub.features.shape == (8, 1, 8, 8)
+        assert sub.features.dtype == np.float32 and sub.labels.dtype == np.int64
+        assert set(sub.labels.tolist()) <= {3, 8}
+        assert sub.summary.rows_sent == 8 and sub.summary.new_rows_charged == 8
+        assert sub.attempts == 1 and not sub.summary.replayed
+        again = c.select(spec("direct-1", model, digits))  # the same request id: a replay
+        assert again.summary.replayed and again.summary.new_rows_charged == 0
+        np.testing.assert_array_equal(again.row_ids, sub.row_ids)
+        ledger = c.ledger()
+        assert "direct-1" in [e.request_id for e in ledger.entries]
+        assert ledger.budget.used == 8
+
+
+class FlakyProxy(pb_grpc.DataOwnerServicer):
+    """Forwards to the real owner; the first `fail` Selects are answered upstream (and charged)
+    and then cut with UNAVAILABLE, as a dropped connection would."""
+
+    def __init__(self, upstream: str, fail: int):
+        self.channel = grpc.insecure_channel(upstream)
+        self.stub = pb_grpc.DataOwnerStub(self.channel)
+        self.fail = fail
+        self.select_ids: list[str] = []
+
+    @staticmethod
+    def _md(context):
+        return [(k, v) for k, v in context.invocation_metadata() if k == "authorization"]
+
+    def _unary(self, name, request, context):
+        try:
+            return getattr(self.stub, name)(request, metadata=self._md(context), timeout=20)
+        except grpc.RpcError as e:
+            context.abort(e.code(), e.details())
+
+    def Describe(self, request, context):
+        return self._unary("Describe", request, context)
+
+    def HasModel(self, request, context):
+        return self._unary("HasModel", request, context)
+
+    def GetLedger(self, request, context):
+        return self._unary("GetLedger", request, context)
+
+    def UploadModel(self, request_iterator, context):
+        return self._unary("UploadModel", request_iterator, context)
+
+    def Select(self, request, context):
+        self.select_ids.append(request.request_id)
+        chunks = list(self.stub.Select(request, metadata=self._md(context), timeout=20))
+        if self.fail > 0:
+            self.fail -= 1
+            context.abort(grpc.StatusCode.UNAVAILABLE, "injected: connection reset")
+        yield from chunks
+
+
+@contextlib.contextmanager
+def serve(servicer):
+    server = grpc.server(ThreadPoolExecutor(max_workers=4))
+    pb_grpc.add_DataOwnerServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        server.stop(0)
+
+
+def test_retry_reuses_request_id_and_is_not_charged_twice(owner, model, digits):
+    proxy = FlakyProxy(owner, fail=1)
+    sleeps: list[float] = []
+    with serve(proxy) as address, client_for(address, sleeps) as c:
+        c.ensure_model(model)
+        used_before = c.ledger().budget.used
+        sub = c.select(spec("retry-1", model, digits))
+        assert proxy.select_ids == ["retry-1", "retry-1"]
+        assert sub.attempts == 2 and sleeps == [0.01]
+        assert len(sub) == 8 and sub.summary.replayed and sub.summary.new_rows_charged == 0
+        assert c.ledger().budget.used - used_before <= 8  # charged once, by the first attempt
+    proxy.channel.close()
+
+
+def test_retries_exhausted_on_unreachable_owner():
+    sleeps: list[float] = []
+    # port 1 on loopback: nothing listens, connection refused -> UNAVAILABLE
+    with client_for("127.0.0.1:1", sleeps, retries=2, backoff=0.01) as c:
+        with pytest.raises(OwnerError) as info:
+            c.describe()
+    assert info.value.code == "UNAVAILABLE"
+    assert sleeps == [0.01, 0.02]  # exponential backoff between the three attempts
+
+
+def test_non_retryable_errors_fail_fast(owner, model, digits):
+    sleeps: list[float] = []
+    with client_for(owner, sleeps, token="wrong-token-0123456789abc") as c:
+        with pytest.raises(OwnerError) as info:
+            c.describe()
+    assert info.value.code == "UNAUTHENTICATED" and sleeps == []
+    with client_for(owner, sleeps) as c:
+        c.ensure_model(model)
+        with pytest.raises(OwnerError) as info:
+            c.select(spec("bad-method", model, digits, method="no-such-method"))
+        assert info.value.code == "INVALID_ARGUMENT" and info.value.request_id == "bad-method"
+        with pytest.raises(OwnerError) as info:
+            c.select(spec("no-model", b"not a model we uploaded", digits))
+        assert info.value.code in ("NOT_FOUND", "FAILED_PRECONDITION", "INVALID_ARGUMENT")
+    assert sleeps == []
+
+
+class BrokenOwner(pb_grpc.DataOwnerServicer):
+    """Answers Select with a malformed stream (`kind` says how)."""
+
+    def __init__(self, kind: str):
+        self.kind = kind
+
+    def Select(self, request, context):
+        rows = pb.RowsChunk(
+            features=wire.encode(np.zeros((2, 1, 8, 8), np.float32)),
+            labels=wire.encode(np.array([3, 8], np.int64)),
+            row_ids=wire.encode(np.array([5, 6], np.int64)),
+            scores=wire.encode(np.ones(2, np.float32)),
+        )
+        yield pb.SelectChunk(rows=rows)
+        if self.kind == "count":
+            summary = pb.SelectSummary(request_id=request.request_id, rows_sent=3)
+            yield pb.SelectChunk(summary=summary)
+        elif self.kind == "after":
+            yield pb.SelectChunk(summary=pb.SelectSummary(rows_sent=2))
+            yield pb.SelectChunk(rows=rows)
+
+
+@pytest.mark.parametrize(
+    ("kind", "message"),
+    [("none", "without a summary"), ("count", "says 3 rows"), ("after", "after the summary")],
+)
+def test_malformed_streams_are_rejected(kind, message, digits):
+    with serve(BrokenOwner(kind)) as address, client_for(address, []) as c:
+        with pytest.raises(OwnerError, match=message) as info:
+            c.select(spec("x", b"m", digits))
+    assert info.value.code == "PROTOCOL"
+
+
+def _openssl(d, *args: str) -> None:
+    import subprocess
+
+    subprocess.run(["openssl", *args], cwd=d, check=True, capture_output=True, timeout=60)
+
+
+def _cert(d, name: str, cn: str, ext: str) -> None:
+    _openssl(d, "ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", f"{name}.key")
+    _openssl(d, "req", "-new", "-key", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={cn}")
+    (d / f"{name}.ext").write_text(ext + "\n")
+    _openssl(
+        d,
+        *("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key"),
+        *("-CAcreateserial", "-out", f"{name}.crt", "-days", "2", "-extfile", f"{name}.ext"),
+    )
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory):
+    import shutil
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed: cannot make test certificates")
+    d = tmp_path_factory.mktemp("certs")
+    _openssl(d, "ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", "ca.key")
+    _openssl(d, "req", "-x509", "-new", "-key", "ca.key", "-out", "ca.crt", "-subj", "/CN=ca")
+    _cert(d, "owner", "localhost", "subjectAltName=DNS:localhost\nextendedKeyUsage=serverAuth")
+    _cert(d, "trainer", "t1", "extendedKeyUsage=clientAuth")
+    return d
+
+
+@pytest.mark.parametrize("mutual", [False, True], ids=["tls+token", "mtls"])
+def test_tls_and_mutual_tls(tmp_path, certs, digits, mutual):
+    from trainer_node.config import TlsSettings
+
+    tls = {"cert": str(certs / "owner.crt"), "key": str(certs / "owner.key")}
+    trainer: dict = {"id": "t1"}
+    if mutual:
+        tls["client_ca"] = str(certs / "ca.crt")  # the certificate is the identity
+    else:
+        trainer["token"] = TOKEN
+    cfg = owner_config(
+        {
+            "owner": {"name": "o1", "listen": "127.0.0.1:0", "state_dir": "state"},
+            "data": {"source": "digits"},
+            "trainers": [trainer],
+            "tls": tls,
+        },
+        base_dir=tmp_path,
+    )
+    server, port = build_server(cfg, digits.subset(np.arange(50)))
+    server.start()
+    try:
+        client_tls = TlsSettings(
+            ca_cert=certs / "ca.crt",
+            client_cert=certs / "trainer.crt" if mutual else None,
+            client_key=certs / "trainer.key" if mutual else None,
+        )
+        token = None if mutual else TOKEN
+        endpoint = OwnerEndpoint("o1", f"localhost:{port}", token, client_tls, 10.0)
+        with OwnerClient(endpoint, ClientSettings(retries=0)) as c:
+            assert c.describe().trainer_id == "t1"
+    finally:
+        server.stop(grace=0.5).wait(10)

@@ -1,0 +1,81 @@
+"""Utility statistics and owner ranking on constructed numbers."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from trainer_node.ranking import (
+    Candidate,
+    GainStats,
+    gain_stats,
+    kendall_tau_b,
+    rank_owners,
+    spearman,
+)
+
+
+def test_gain_stats_t_interval():
+    g = gain_stats([0.1, 0.2, 0.3])
+    assert g.mean == pytest.approx(0.2)
+    assert g.std == pytest.approx(0.1)  # sample std, ddof=1
+    half = 4.302652729911275 * 0.1 / math.sqrt(3)  # t(0.975, df=2)
+    assert g.ci95 == pytest.approx((0.2 - half, 0.2 + half))
+    assert g.n == 3
+
+
+def test_gain_stats_single_seed_has_no_interval():
+    g = gain_stats([0.25])
+    assert (g.mean, g.std, g.ci95, g.n) == (0.25, 0.0, None, 1)
+    with pytest.raises(ValueError):
+        gain_stats([])
+
+
+def _c(owner: str, mean: float, ci=None, test: float = 0.0) -> Candidate:
+    return Candidate(owner, GainStats(mean, 0.0, ci, 3 if ci else 1), test)
+
+
+def test_rank_by_mean_then_ci_then_test_then_name():
+    cands = [
+        _c("e", 0.10, (0.05, 0.15)),
+        _c("a", 0.30),
+        _c("d", 0.10, (0.08, 0.12)),  # same mean as e, surer: ahead
+        _c("c", 0.10, (0.08, 0.12), test=0.02),  # same again, less forgetting: ahead of d
+        _c("b", 0.10, (0.08, 0.12), test=0.02),  # full tie with c: name decides
+        _c("f", -0.05),
+    ]
+    ranked = rank_owners(cands)
+    assert [(r, c.owner) for r, c in ranked] == [
+        (1, "a"),
+        (2, "b"),
+        (3, "c"),
+        (4, "d"),
+        (5, "e"),
+        (6, "f"),
+    ]
+    # Order of the input never matters.
+    assert [c.owner for _, c in rank_owners(list(reversed(cands)))] == list("abcdef")
+
+
+def test_float_noise_does_not_decide_rank():
+    ranked = rank_owners([_c("b", 0.1 + 1e-15), _c("a", 0.1)])
+    assert [c.owner for _, c in ranked] == ["a", "b"]
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_rank_correlations_match_scipy(seed):
+    rng = np.random.default_rng(seed)
+    a = rng.integers(0, 4, size=7).astype(float)  # ties on purpose
+    b = a + rng.normal(0, 1.5, size=7)
+    assert spearman(a, b) == pytest.approx(stats.spearmanr(a, b).statistic)
+    assert kendall_tau_b(a, b) == pytest.approx(stats.kendalltau(a, b).statistic)
+
+
+def test_rank_correlations_undefined_cases():
+    assert spearman([1.0], [2.0]) is None
+    assert kendall_tau_b([1.0, 1.0], [1.0, 2.0]) is None  # one side constant
+    assert spearman([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
+    assert kendall_tau_b([1, 2, 3], [1, 2, 3]) == pytest.approx(1.0)

@@ -1,0 +1,229 @@
+"""Query every owner concurrently: describe, upload the model once, one Select per method x budget.
+
+An owner that fails (unreachable, refuses us, answers nonsense) is recorded with its error and
+the others go on. Request ids are derived from (run id, owner, method, budget), so re-running the
+same run id replays the owner's earlier answers instead of charging budget again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from trainer_node.client import OwnerClient, OwnerError
+from trainer_node.config import FULL_METHOD, ClientSettings, OwnerEndpoint, SelectionSettings
+from trainer_node.messages import (
+    BudgetInfo,
+    EmbeddedHard,
+    OwnerInfo,
+    OwnerSubset,
+    RawHard,
+    SelectRequestSpec,
+)
+
+log = logging.getLogger("mycroft.trainer.acquire")
+
+PROTOCOL_VERSION = "mycroft.v1"
+MAX_REQUEST_ID = 128  # the owner's default limit
+# After retries are spent on these, the owner is unreachable: stop asking it.
+_UNREACHABLE = frozenset({"UNAVAILABLE", "DEADLINE_EXCEEDED"})
+
+
+@dataclass(frozen=True)
+class ProgressEvent:
+    """A step of the run, for progress bars. Acquisition events arrive from worker threads."""
+
+    stage: str  # "baseline" | "dhard" | "acquire" | "evaluate" | "report"
+    message: str
+    owner: str | None = None
+    done: int | None = None
+    total: int | None = None
+
+
+ProgressFn = Callable[[ProgressEvent], None]
+
+
+@dataclass
+class RequestOutcome:
+    request_id: str
+    method: str
+    budget: int  # the `budget` field of the request (for "full": the owner's row count)
+    rows_requested: int
+    subset: OwnerSubset | None = None
+    error: OwnerError | None = None
+
+
+@dataclass
+class OwnerOutcome:
+    endpoint: OwnerEndpoint
+    info: OwnerInfo | None = None
+    model_uploaded: bool | None = None
+    requests: list[RequestOutcome] = field(default_factory=list)
+    budget: BudgetInfo | None = None  # after the run
+    error: str | None = None
+    error_code: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and any(r.subset is not None for r in self.requests)
+
+
+def request_id_for(run_id: str, owner: str, method: str, budget: int) -> str:
+    """Stable per logical request: the same run id asks the same question under the same id."""
+    rid = f"{run_id}.{owner}.{method}.b{budget}"
+    if len(rid) <= MAX_REQUEST_ID:
+        return rid
+    digest = hashlib.sha256(rid.encode()).hexdigest()[:32]
+    return f"{run_id[:64]}.{digest}"
+
+
+def _check_info(info: OwnerInfo, class_names: Sequence[str], input_shape: tuple[int, ...]):
+    """Refuse owners whose labels or rows would not mean what ours mean."""
+    if info.protocol_version != PROTOCOL_VERSION:
+        return f"protocol {info.protocol_version!r}, expected {PROTOCOL_VERSION!r}"
+    if tuple(info.class_names) != tuple(class_names):
+        # Labels travel as indices into class_names, so the lists must match exactly.
+        return f"class names {list(info.class_names)} differ from ours {list(class_names)}"
+    if info.input_shape and tuple(info.input_shape) != tuple(input_shape):
+        return f"row shape {list(info.input_shape)} differs from ours {list(input_shape)}"
+    return None
+
+
+def _check_subset(subset: OwnerSubset, num_classes: int, input_shape: tuple[int, ...]):
+    if len(subset) == 0:
+        return None
+    if subset.features.shape[1:] != tuple(input_shape):
+        return f"rows of shape {list(subset.features.shape[1:])}, expected {list(input_shape)}"
+    if subset.labels.min() < 0 or subset.labels.max() >= num_classes:
+        return f"labels outside [0, {num_classes})"
+    if not np.isfinite(subset.features).all():
+        return "rows contain NaN or infinity"
+    return None
+
+
+class _OwnerJob:
+    def __init__(
+        self,
+        endpoint: OwnerEndpoint,
+        client_settings: ClientSettings,
+        plan: list[tuple[str, int | None]],
+        make_client: Callable[[OwnerEndpoint, ClientSettings], OwnerClient],
+        progress: ProgressFn | None,
+    ):
+        self.endpoint, self.settings, self.plan = endpoint, client_settings, plan
+        self.make_client, self.progress = make_client, progress
+
+    def _emit(self, message: str, done: int | None = None, total: int | None = None) -> None:
+        if self.progress is not None:
+            self.progress(ProgressEvent("acquire", message, self.endpoint.name, done, total))
+
+    def run(self, ctx: AcquireContext) -> OwnerOutcome:
+        out = OwnerOutcome(self.endpoint)
+        name = self.endpoint.name
+        try:
+            with self.make_client(self.endpoint, self.settings) as client:
+                self._run(client, ctx, out)
+        except OwnerError as exc:
+            out.error, out.error_code = str(exc), exc.code
+        except Exception as exc:  # a bug or a surprise must not sink the other owners
+            log.exception("owner=%s unexpected failure", name)
+            out.error, out.error_code = f"owner {name}: {type(exc).__name__}: {exc}", "INTERNAL"
+        if out.error is None and not any(r.subset is not None for r in out.requests):
+            first = next((r.error for r in out.requests if r.error is not None), None)
+            out.error = str(first) if first else f"owner {name}: no request succeeded"
+            out.error_code = first.code if first else "NO_DATA"
+        status = "ok" if out.ok else f"failed ({out.error})"
+        self._emit(f"{name}: {status}", len(self.plan), len(self.plan))
+        return out
+
+    def _run(self, client: OwnerClient, ctx: AcquireContext, out: OwnerOutcome) -> None:
+        name = self.endpoint.name
+        info = client.describe()
+        out.info = info
+        problem = _check_info(info, ctx.class_names, ctx.input_shape)
+        if problem:
+            raise OwnerError(name, "INCOMPATIBLE", problem)
+        _, out.model_uploaded = client.ensure_model(ctx.model_bytes)
+        for i, (method, budget) in enumerate(self.plan):
+            ask = info.row_count if budget is None else budget
+            rid = request_id_for(ctx.run_id, name, method, ask)
+            req = RequestOutcome(rid, method, ask, ask)
+            out.requests.append(req)
+            self._emit(f"{name}: {method} budget {ask}", i, len(self.plan))
+            if info.methods and method not in info.methods:
+                req.error = OwnerError(name, "UNSUPPORTED", f"method {method!r} not offered", rid)
+                continue
+            spec = SelectRequestSpec(
+                request_id=rid,
+                method=method,
+                budget=ask,
+                model_sha256=ctx.model_sha256,
+                hard=ctx.hard,
+                seed=ctx.selection.seed,
+                params=ctx.selection.params.get(method, {}),
+            )
+            try:
+                subset = client.select(spec)
+            except OwnerError as exc:
+                req.error = exc
+                if exc.code in _UNREACHABLE:
+                    raise  # retries spent: the owner is gone, skip its remaining requests
+                continue
+            problem = _check_subset(subset, len(ctx.class_names), ctx.input_shape)
+            if problem:
+                log.warning("owner=%s request_id=%s bad subset: %s", name, rid, problem)
+                req.error = OwnerError(name, "PROTOCOL", problem, rid)
+                continue
+            req.subset = subset
+            out.budget = subset.summary.budget
+        try:
+            out.budget = client.ledger().budget
+        except OwnerError as exc:  # the ledger is informative; the last summary's budget stands
+            log.warning("owner=%s ledger unavailable: %s", name, exc)
+
+
+@dataclass(frozen=True)
+class AcquireContext:
+    run_id: str
+    model_bytes: bytes
+    model_sha256: str
+    hard: RawHard | EmbeddedHard
+    class_names: tuple[str, ...]
+    input_shape: tuple[int, ...]
+    selection: SelectionSettings
+
+
+def plan_requests(selection: SelectionSettings) -> list[tuple[str, int | None]]:
+    """(method, budget) in config order; "full" (budget None = all rows) goes last because
+    it may spend the owner's whole cap on us."""
+    plan: list[tuple[str, int | None]] = [
+        (m, b) for m in selection.methods if m != FULL_METHOD for b in selection.budgets
+    ]
+    if FULL_METHOD in selection.methods:
+        plan.append((FULL_METHOD, None))
+    return plan
+
+
+def acquire_all(
+    owners: Sequence[OwnerEndpoint],
+    client_settings: ClientSettings,
+    ctx: AcquireContext,
+    progress: ProgressFn | None = None,
+    make_client: Callable[[OwnerEndpoint, ClientSettings], OwnerClient] = OwnerClient,
+) -> list[OwnerOutcome]:
+    """One outcome per owner, in config order, whatever failed."""
+    plan = plan_requests(ctx.selection)
+    start = time.perf_counter()
+    jobs = [_OwnerJob(o, client_settings, plan, make_client, progress) for o in owners]
+    workers = max(1, min(client_settings.concurrency, len(jobs)))
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="owner") as pool:
+        outcomes = list(pool.map(lambda job: job.run(ctx), jobs))
+    ok = sum(o.ok for o in outcomes)
+    log.info("acquired from %d/%d owners in %.1fs", ok, len(outcomes), time.perf_counter() - start)
+    return outcomes

@@ -1,0 +1,217 @@
+"""The trainer's own side: its data, its baseline model, and D_hard with the payload sent to owners.
+
+Everything here is deterministic given the config (seeded splits, seeded training), which is what
+lets a re-run under the same run id send the owners byte-identical requests.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from moe.config import ModelConfig
+from moe.model import MoEClassifier, build_model
+from moe.train import Metrics, TrainConfig, evaluate, fit_normalization, train
+from mycroft.data.base import LabeledData
+from mycroft.errors import ConfigError, DataError, MycroftError
+from trainer_node.config import DataConfig, ModelSettings, TrainerConfig, TrainingSettings
+from trainer_node.dhard import DHard, build_dhard
+from trainer_node.messages import EmbeddedHard, RawHard
+
+
+@dataclass(frozen=True)
+class TrainerData:
+    train: LabeledData
+    val: LabeledData
+    test: LabeledData
+    name: str
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return self.train.class_names
+
+
+def _carve(data: LabeledData, fraction: float, seed: int) -> tuple[LabeledData, LabeledData]:
+    """Stratified split of `data` into (rest, carved) with `fraction` of each class carved."""
+    rng = np.random.default_rng(seed)
+    carved: list[np.ndarray] = []
+    for c in np.unique(data.labels):
+        idx = rng.permutation(np.flatnonzero(data.labels == c))
+        k = round(len(idx) * fraction)
+        if len(idx) > 1:
+            k = min(len(idx) - 1, max(1, k))
+        carved.append(idx[:k])
+    mask = np.zeros(len(data), dtype=bool)
+    if carved:
+        mask[np.concatenate(carved)] = True
+    return (
+        data.subset(np.flatnonzero(~mask), f"{data.name}-train"),
+        data.subset(np.flatnonzero(mask), f"{data.name}-val"),
+    )
+
+
+def load_trainer_data(cfg: DataConfig) -> TrainerData:
+    """Train/val/test from an open_source table or prepared NPZ files."""
+    from mycroft.data import NpzSource, open_source
+
+    val: LabeledData | None
+    if cfg.source is not None:
+        source = open_source(cfg.source, base_dir=cfg.base_dir, where="data")
+        full_train = source.load("train")
+        splits = getattr(source, "splits", ("train", "test"))
+        if "test" in splits:
+            test = source.load("test")
+        else:  # no test split: carve one first, so val and test never overlap
+            full_train, test = _carve(full_train, cfg.val_fraction, cfg.split_seed + 1)
+        train_part, val = _carve(full_train, cfg.val_fraction, cfg.split_seed)
+        name = getattr(source, "name", str(cfg.source.get("source")))
+    else:
+        assert cfg.train is not None and cfg.test is not None
+        train_part = NpzSource(cfg.train).load()
+        test = NpzSource(cfg.test).load()
+        val = NpzSource(cfg.val).load() if cfg.val is not None else None
+        if val is None:
+            train_part, val = _carve(train_part, cfg.val_fraction, cfg.split_seed)
+        name = train_part.name
+    for split, part in (("val", val), ("test", test)):
+        if part.class_names != train_part.class_names:
+            raise DataError(f"data.{split}: class names {part.class_names} differ from train's")
+        if part.input_shape != train_part.input_shape:
+            raise DataError(f"data.{split}: row shape {part.input_shape} differs from train's")
+    for split, part in (("train", train_part), ("val", val), ("test", test)):
+        if len(part) == 0:
+            raise DataError(f"data.{split}: no rows")
+    return TrainerData(train_part, val, test, name)
+
+
+def _apply_extra(obj, extra: dict, where: str):
+    """dataclasses.replace with config pass-through keys, naming any that do not exist."""
+    names = {f.name for f in dataclasses.fields(obj)}
+    for key in extra:
+        if key not in names:
+            raise ConfigError(f"{where}.{key}: unknown key")
+    try:
+        return dataclasses.replace(obj, **extra)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def model_config(settings: ModelSettings, data: TrainerData) -> ModelConfig:
+    """The MoE's config, with normalisation fitted on the trainer's own training rows (the model
+    carries it, so owners embed their raw rows exactly as the trainer does)."""
+    shape = data.train.input_shape
+    extra = dict(settings.extra)
+    extra.setdefault("stem", "conv" if len(shape) == 3 else "mlp")
+    mean, std = fit_normalization(data.train)
+    base = {
+        "input_shape": shape,
+        "num_classes": data.train.num_classes,
+        "class_names": data.class_names,
+        "gate": settings.gate,
+        "num_experts": settings.num_experts,
+        "top_k": settings.top_k,
+        "embed_dim": settings.embed_dim,
+        "norm_mean": tuple(float(v) for v in mean),
+        "norm_std": tuple(float(v) for v in std),
+    }
+    known = {f.name for f in dataclasses.fields(ModelConfig)}
+    for key in extra:
+        if key not in known or key in ("input_shape", "num_classes", "class_names"):
+            raise ConfigError(f"model.{key}: unknown key")
+    try:
+        return ModelConfig(**{**base, **extra})
+    except ConfigError as exc:
+        raise ConfigError(f"model: {exc}") from None
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"model: {exc}") from None
+
+
+def train_config(settings: TrainingSettings, seed: int, finetune: bool = False) -> TrainConfig:
+    cfg = TrainConfig(
+        epochs=(settings.finetune_epochs or settings.epochs) if finetune else settings.epochs,
+        batch_size=settings.batch_size,
+        lr=(settings.finetune_lr or settings.lr) if finetune else settings.lr,
+        seed=seed,
+    )
+    return _apply_extra(cfg, settings.extra, "training")
+
+
+@dataclass
+class Baseline:
+    model: MoEClassifier
+    config: ModelConfig
+    test: Metrics
+    val: Metrics
+    dhard: DHard
+    dhard_eval_accuracy: float | None
+    train_seconds: float
+
+
+def dhard_class_indices(cfg: TrainerConfig, class_names: tuple[str, ...]) -> list[int] | None:
+    if cfg.dhard.classes is None:
+        return None
+    out = []
+    for name in cfg.dhard.classes:
+        if name not in class_names:
+            raise ConfigError(f"dhard.classes: {name!r} is not a class ({', '.join(class_names)})")
+        out.append(class_names.index(name))
+    return out
+
+
+def accuracy_on(model: MoEClassifier, data: LabeledData) -> float | None:
+    return evaluate(model, data).accuracy if len(data) else None
+
+
+def train_baseline(cfg: TrainerConfig, data: TrainerData) -> Baseline:
+    """Train on the trainer's own rows with the first seed, evaluate, build D_hard."""
+    mcfg = model_config(cfg.model, data)
+    seed = cfg.training.seeds[0]
+    import torch
+
+    with torch.random.fork_rng(devices=[]):  # seeded initial weights, global RNG untouched
+        torch.manual_seed(seed)
+        model = build_model(mcfg)
+    start = time.perf_counter()
+    train(model, data.train, train_config(cfg.training, seed))
+    seconds = time.perf_counter() - start
+    dhard = build_dhard(
+        model,
+        data.val,
+        classes=dhard_class_indices(cfg, data.class_names),
+        shared_fraction=cfg.dhard.shared_fraction,
+        seed=cfg.dhard.seed,
+    )
+    if len(dhard.shared) == 0 or len(dhard.eval) == 0:
+        raise MycroftError(
+            f"D_hard is too small to go on (shared {len(dhard.shared)}, eval {len(dhard.eval)}): "
+            "the baseline makes too few mistakes on the chosen classes of the validation split; "
+            "widen dhard.classes or enlarge the validation split"
+        )
+    return Baseline(
+        model=model,
+        config=mcfg,
+        test=evaluate(model, data.test),
+        val=evaluate(model, data.val),
+        dhard=dhard,
+        dhard_eval_accuracy=accuracy_on(model, dhard.eval),
+        train_seconds=seconds,
+    )
+
+
+def hard_payload(model: MoEClassifier, shared: LabeledData, mode: str) -> RawHard | EmbeddedHard:
+    """What the owners receive about D_hard-shared: raw rows, or (privacy-preserving) only
+    penultimate embeddings and closed-form last-layer gradients."""
+    labels = np.ascontiguousarray(shared.labels, dtype=np.int64)
+    if mode == "raw":
+        return RawHard(np.ascontiguousarray(shared.features, dtype=np.float32), labels)
+    from moe.train import embed_numpy
+    from selection.base import Head
+    from selection.gradients import last_layer_gradients
+
+    emb = embed_numpy(model, shared.features, batch_size=512)
+    w, b = model.head_weights()
+    grads = last_layer_gradients(emb, labels, Head(weight=w, bias=b))
+    return EmbeddedHard(emb.astype(np.float32), grads.astype(np.float32), labels)

@@ -1,0 +1,184 @@
+"""Measure what each owner's subset is worth: train on own data + subset, per seed and mode.
+
+"finetune" continues from the baseline with replay of the trainer's own rows; "retrain" trains a
+fresh model (same architecture and normalisation) from scratch on own rows + subset. The gain is
+accuracy on the never-shared D_hard-eval after minus the baseline's; the test-set change shows
+forgetting (or general improvement).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from moe.model import build_model
+from moe.train import Metrics, evaluate, finetune, train
+from mycroft.data.base import LabeledData
+from trainer_node.acquire import OwnerOutcome, ProgressEvent, ProgressFn, RequestOutcome
+from trainer_node.baseline import Baseline, TrainerData, train_config
+from trainer_node.config import TrainingSettings
+from trainer_node.messages import OwnerSubset
+from trainer_node.report import Routing, SeedResult
+
+log = logging.getLogger("mycroft.trainer.evaluate")
+
+
+def per_class_list(metrics: Metrics, class_names: tuple[str, ...]) -> list[float | None]:
+    """Per-class accuracy aligned with class_names; None for classes absent from the data."""
+    return [metrics.per_class_accuracy.get(name) for name in class_names]
+
+
+def routing_of(metrics: Metrics) -> Routing:
+    return Routing(list(metrics.expert_share), float(metrics.max_routing_imbalance))
+
+
+def subset_data(subset: OwnerSubset, class_names: tuple[str, ...], name: str) -> LabeledData:
+    return LabeledData(
+        features=np.ascontiguousarray(subset.features, dtype=np.float32),
+        labels=np.ascontiguousarray(subset.labels, dtype=np.int64),
+        class_names=class_names,
+        row_ids=subset.row_ids.astype(np.int64),
+        name=name,
+    )
+
+
+def _combined(own: LabeledData, extra: LabeledData) -> LabeledData:
+    # Owner row ids live in the owner's id space and may collide with ours: renumber.
+    n = len(own) + len(extra)
+    return LabeledData(
+        features=np.concatenate([own.features, extra.features]),
+        labels=np.concatenate([own.labels, extra.labels]),
+        class_names=own.class_names,
+        row_ids=np.arange(n, dtype=np.int64),
+        name=f"{own.name}+{extra.name}",
+    )
+
+
+@dataclass(frozen=True)
+class TrainedEval:
+    dhard_accuracy: float
+    test: Metrics
+    train_seconds: float
+
+
+def train_and_measure(
+    base: Baseline,
+    data: TrainerData,
+    extra: LabeledData,
+    mode: str,
+    seed: int,
+    settings: TrainingSettings,
+) -> TrainedEval:
+    """One (subset, mode, seed) cell: train, then evaluate on D_hard-eval and the test set."""
+    import torch
+
+    start = time.perf_counter()
+    if mode == "finetune":
+        model = copy.deepcopy(base.model)
+        finetune(
+            model,
+            extra,
+            data.train,
+            train_config(settings, seed, finetune=True),
+            replay_fraction=settings.replay_fraction,
+        )
+    else:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = build_model(copy.deepcopy(base.config))
+        train(model, _combined(data.train, extra), train_config(settings, seed))
+    seconds = time.perf_counter() - start
+    return TrainedEval(
+        dhard_accuracy=evaluate(model, base.dhard.eval).accuracy,
+        test=evaluate(model, data.test),
+        train_seconds=seconds,
+    )
+
+
+def _seed_result(
+    req: RequestOutcome,
+    mode: str,
+    seed: int,
+    base: Baseline,
+    class_names: tuple[str, ...],
+    trained: TrainedEval | None,
+) -> SeedResult:
+    subset = req.subset
+    assert subset is not None
+    s = subset.summary
+    before_dhard = base.dhard_eval_accuracy or 0.0
+    if trained is None:  # no rows came back: nothing to train on, so nothing changes
+        dhard_acc, test_metrics, seconds = before_dhard, base.test, 0.0
+    else:
+        dhard_acc, test_metrics, seconds = (
+            trained.dhard_accuracy,
+            trained.test,
+            trained.train_seconds,
+        )
+    return SeedResult(
+        method=req.method,
+        budget=req.budget,
+        training_mode=mode,
+        seed=seed,
+        rows_received=len(subset),
+        new_rows_charged=s.new_rows_charged,
+        dhard_accuracy=dhard_acc,
+        test_accuracy=test_metrics.accuracy,
+        dhard_gain=dhard_acc - before_dhard,
+        test_gain=test_metrics.accuracy - base.test.accuracy,
+        per_class_accuracy=per_class_list(test_metrics, class_names),
+        routing=routing_of(test_metrics),
+        selection_seconds=float(sum(s.timings.values())),
+        transfer_seconds=subset.seconds,
+        train_seconds=seconds,
+        missing_classes=[_class_name(c, class_names) for c in s.missing_classes],
+        shortfall_reason=s.shortfall_reason or None,
+    )
+
+
+def _class_name(index: int, class_names: tuple[str, ...]) -> str:
+    return class_names[index] if 0 <= index < len(class_names) else f"#{index}"
+
+
+def evaluate_owners(
+    outcomes: list[OwnerOutcome],
+    base: Baseline,
+    data: TrainerData,
+    settings: TrainingSettings,
+    progress: ProgressFn | None = None,
+) -> dict[str, list[SeedResult]]:
+    """Owner name -> one SeedResult per (successful request, training mode, seed)."""
+    cells = [
+        (o, req, mode, seed)
+        for o in outcomes
+        if o.ok
+        for req in o.requests
+        if req.subset is not None
+        for mode in settings.modes
+        for seed in settings.seeds
+    ]
+    results: dict[str, list[SeedResult]] = {o.endpoint.name: [] for o in outcomes}
+    for i, (owner, req, mode, seed) in enumerate(cells):
+        name = owner.endpoint.name
+        if progress is not None:
+            msg = f"{name}: {req.method}@{req.budget} {mode} seed {seed}"
+            progress(ProgressEvent("evaluate", msg, name, i, len(cells)))
+        assert req.subset is not None
+        trained = None
+        if len(req.subset):
+            extra = subset_data(req.subset, data.class_names, f"{name}-{req.method}-{req.budget}")
+            trained = train_and_measure(base, data, extra, mode, seed, settings)
+        result = _seed_result(req, mode, seed, base, data.class_names, trained)
+        log.info(
+            "owner=%s request_id=%s %s seed=%d: D_hard-eval %.3f (%+.3f), test %.3f (%+.3f)",
+            *(name, req.request_id, mode, seed, result.dhard_accuracy, result.dhard_gain),
+            *(result.test_accuracy, result.test_gain),
+        )
+        results[name].append(result)
+    if progress is not None:
+        progress(ProgressEvent("evaluate", "done", None, len(cells), len(cells)))
+    return results

@@ -1,0 +1,209 @@
+"""One trainer run, end to end.
+
+load data -> baseline MoE -> D_hard (shared / eval) -> model bytes -> all owners concurrently ->
+train on own data + each subset per seed and mode -> utility, ranking -> report.json (atomic) and
+a printed summary. `run_trainer(config)` is the library entry point, `run_trainer_from_path` the
+CLI's.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import secrets
+import time
+from pathlib import Path
+
+from moe.io import model_sha256, model_to_bytes
+from trainer_node.acquire import AcquireContext, ProgressEvent, ProgressFn, acquire_all
+from trainer_node.baseline import (
+    Baseline,
+    TrainerData,
+    hard_payload,
+    load_trainer_data,
+    train_baseline,
+)
+from trainer_node.config import FULL_METHOD, TrainerConfig, load_config
+from trainer_node.evaluate import evaluate_owners, per_class_list, routing_of
+from trainer_node.report import (
+    Baseline as BaselineReport,
+)
+from trainer_node.report import (
+    DataSummary,
+    DHardClass,
+    DHardSummary,
+    ModelSummary,
+    Report,
+    Settings,
+    Timings,
+    print_summary,
+    write_report,
+)
+from trainer_node.results import full_information, owner_reports, rank_all, setting_key
+
+log = logging.getLogger("mycroft.trainer")
+
+REPORT_NAME = "report.json"
+
+
+def new_run_id(trainer_id: str) -> str:
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    return f"{trainer_id}-{stamp}-{secrets.token_hex(3)}"
+
+
+def _emit(progress: ProgressFn | None, stage: str, message: str) -> None:
+    log.info("%s: %s", stage, message)
+    if progress is not None:
+        progress(ProgressEvent(stage, message))
+
+
+def _dhard_summary(base: Baseline, class_names: tuple[str, ...]) -> DHardSummary:
+    shared, held = base.dhard.shared, base.dhard.eval
+    per_class = [
+        DHardClass(
+            class_name=class_names[c],
+            class_index=int(c),
+            shared=int((shared.labels == c).sum()),
+            eval=int((held.labels == c).sum()),
+        )
+        for c in base.dhard.classes
+    ]
+    return DHardSummary(
+        classes=[class_names[c] for c in base.dhard.classes],
+        shared_total=len(shared),
+        eval_total=len(held),
+        per_class=per_class,
+    )
+
+
+def _settings(cfg: TrainerConfig) -> Settings:
+    t, s = cfg.training, cfg.selection
+    method, budget = s.primary
+    return Settings(
+        methods=list(s.methods),
+        budgets=list(s.budgets),
+        seeds=list(t.seeds),
+        selection_mode=s.mode,
+        training_mode=t.mode,
+        training_modes=list(t.modes),
+        rank_by={"method": method, "budget": budget, "training_mode": t.modes[0]},
+        epochs=t.epochs,
+        finetune_epochs=t.finetune_epochs or t.epochs,
+        batch_size=t.batch_size,
+        lr=t.lr,
+        replay_fraction=t.replay_fraction,
+        dhard_classes=list(cfg.dhard.classes) if cfg.dhard.classes is not None else None,
+        shared_fraction=cfg.dhard.shared_fraction,
+        dhard_seed=cfg.dhard.seed,
+        selection_seed=s.seed,
+    )
+
+
+def run_trainer(
+    config: TrainerConfig,
+    progress: ProgressFn | None = None,
+    run_id: str | None = None,
+    print_table: bool = False,
+) -> Report:
+    """Run the whole trainer side and write `<run_dir>/report.json`. Owners that fail are in the
+    report with their error; the run itself fails only if the trainer's own side cannot go on."""
+    t0 = time.perf_counter()
+    run_id = run_id or config.run_id or new_run_id(config.id)
+    created_at = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    log.info("run %s: trainer %s, %d owners", run_id, config.id, len(config.owners))
+
+    _emit(progress, "baseline", "loading data")
+    data: TrainerData = load_trainer_data(config.data)
+    _emit(progress, "baseline", f"training the baseline on {len(data.train)} rows")
+    base = train_baseline(config, data)
+    names = data.class_names
+    _emit(
+        progress,
+        "dhard",
+        f"baseline test accuracy {base.test.accuracy:.3f}; D_hard shared {len(base.dhard.shared)}"
+        f", eval {len(base.dhard.eval)}",
+    )
+    model_bytes = model_to_bytes(base.model)
+    sha = model_sha256(model_bytes)
+    t_base = time.perf_counter() - t0
+
+    ctx = AcquireContext(
+        run_id=run_id,
+        model_bytes=model_bytes,
+        model_sha256=sha,
+        hard=hard_payload(base.model, base.dhard.shared, config.selection.mode),
+        class_names=names,
+        input_shape=data.train.input_shape,
+        selection=config.selection,
+    )
+    _emit(progress, "acquire", f"querying {len(config.owners)} owners (model {sha[:12]})")
+    t1 = time.perf_counter()
+    outcomes = acquire_all(config.owners, config.client, ctx, progress)
+    t_acq = time.perf_counter() - t1
+
+    t2 = time.perf_counter()
+    results = evaluate_owners(outcomes, base, data, config.training, progress)
+    t_eval = time.perf_counter() - t2
+
+    owners = owner_reports(outcomes, results, names)
+    method, budget = config.selection.primary
+    primary_mode = config.training.modes[0]
+    ranking = rank_all(owners, setting_key(method, budget, primary_mode))
+    full = (
+        full_information(owners, primary_mode) if FULL_METHOD in config.selection.methods else None
+    )
+    mcfg = base.config
+    report = Report(
+        run_id=run_id,
+        created_at=created_at,
+        trainer_id=config.id,
+        data=DataSummary(
+            name=data.name,
+            train_rows=len(data.train),
+            val_rows=len(data.val),
+            test_rows=len(data.test),
+            input_shape=list(data.train.input_shape),
+        ),
+        class_names=list(names),
+        model=ModelSummary(
+            gate=mcfg.gate,
+            num_experts=mcfg.num_experts,
+            top_k=mcfg.top_k,
+            embed_dim=mcfg.embed_dim,
+            sha256=sha,
+            size_bytes=len(model_bytes),
+            config=mcfg.to_dict(),
+        ),
+        settings=_settings(config),
+        baseline=BaselineReport(
+            dhard_eval_accuracy=base.dhard_eval_accuracy,
+            test_accuracy=base.test.accuracy,
+            val_accuracy=base.val.accuracy,
+            test_loss=base.test.loss,
+            per_class_accuracy=per_class_list(base.test, names),
+            routing=routing_of(base.test),
+            train_seconds=base.train_seconds,
+        ),
+        dhard=_dhard_summary(base, names),
+        owners=owners,
+        ranking=ranking,
+        full_information=full,
+        timings=Timings(
+            total_seconds=time.perf_counter() - t0,
+            baseline_seconds=t_base,
+            acquire_seconds=t_acq,
+            evaluate_seconds=t_eval,
+        ),
+    )
+    path = write_report(report, Path(config.run_dir) / REPORT_NAME)
+    _emit(progress, "report", f"wrote {path}")
+    if print_table:
+        print_summary(report.to_dict())
+    return report
+
+
+def run_trainer_from_path(path: str | Path, progress: ProgressFn | None = None) -> int:
+    """CLI entry: 0 when at least one owner was ranked, 1 when none could be. User errors
+    (MycroftError) propagate: the CLI prints their one-line message."""
+    report = run_trainer(load_config(path), progress=progress, print_table=True)
+    return 0 if report.ranking else 1

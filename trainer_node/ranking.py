@@ -1,0 +1,120 @@
+"""Utility statistics over seeds, owner ranking, and agreement with full information.
+
+Kept free of training code so the maths can be tested on constructed numbers.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class GainStats:
+    """Mean, sample std and a two-sided 95% t-interval of per-seed gains."""
+
+    mean: float
+    std: float  # sample std (ddof=1); 0 for a single seed
+    ci95: tuple[float, float] | None  # None for a single seed: no interval can be claimed
+    n: int
+
+
+def t_critical_95(df: int) -> float:
+    """The 0.975 quantile of Student's t with `df` degrees of freedom."""
+    from scipy.stats import t
+
+    return float(t.ppf(0.975, df))
+
+
+def gain_stats(gains: Sequence[float]) -> GainStats:
+    values = np.asarray(gains, dtype=np.float64)
+    n = len(values)
+    if n == 0:
+        raise ValueError("no gains to summarise")
+    mean = float(values.mean())
+    if n == 1:
+        return GainStats(mean, 0.0, None, 1)
+    std = float(values.std(ddof=1))
+    half = t_critical_95(n - 1) * std / math.sqrt(n)
+    return GainStats(mean, std, (mean - half, mean + half), n)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One owner's summary for the ranked (method, budget, training mode)."""
+
+    owner: str
+    gain: GainStats
+    test_gain_mean: float
+
+
+def rank_owners(candidates: Sequence[Candidate]) -> list[tuple[int, Candidate]]:
+    """Owners best first: by mean D_hard gain, then the lower CI bound (the surer gain wins),
+    then the test-set change (less forgetting wins), then the name, so ties never depend on
+    thread timing or dict order. Ranks are 1..n with no shared ranks."""
+
+    def key(c: Candidate):
+        low = c.gain.ci95[0] if c.gain.ci95 is not None else c.gain.mean
+        return (-_round(c.gain.mean), -_round(low), -_round(c.test_gain_mean), c.owner)
+
+    return [(i + 1, c) for i, c in enumerate(sorted(candidates, key=key))]
+
+
+def _round(x: float) -> float:
+    # Float noise (1e-17) from different summation orders must not decide a rank.
+    return round(x, 9)
+
+
+def _average_ranks(values: Sequence[float]) -> np.ndarray:
+    """Ranks 1..n with ties given the mean of the ranks they span."""
+    v = np.asarray(values, dtype=np.float64)
+    order = np.argsort(v, kind="mergesort")
+    ranks = np.empty(len(v))
+    i = 0
+    while i < len(v):
+        j = i
+        while j + 1 < len(v) and v[order[j + 1]] == v[order[i]]:
+            j += 1
+        ranks[order[i : j + 1]] = (i + j) / 2 + 1
+        i = j + 1
+    return ranks
+
+
+def spearman(a: Sequence[float], b: Sequence[float]) -> float | None:
+    """Spearman's rho with average ranks; None when undefined (n < 2 or a constant side)."""
+    if len(a) != len(b):
+        raise ValueError("spearman: sequences differ in length")
+    if len(a) < 2:
+        return None
+    ra, rb = _average_ranks(a), _average_ranks(b)
+    ra, rb = ra - ra.mean(), rb - rb.mean()
+    denom = math.sqrt(float((ra**2).sum() * (rb**2).sum()))
+    return None if denom == 0 else float((ra * rb).sum() / denom)
+
+
+def kendall_tau_b(a: Sequence[float], b: Sequence[float]) -> float | None:
+    """Kendall's tau-b (tie-corrected); None when undefined."""
+    if len(a) != len(b):
+        raise ValueError("kendall: sequences differ in length")
+    n = len(a)
+    if n < 2:
+        return None
+    concordant = discordant = ties_a = ties_b = 0
+    for i in range(n):
+        for j in range(i + 1, n):
+            da, db = np.sign(a[i] - a[j]), np.sign(b[i] - b[j])
+            if da == 0 and db == 0:
+                continue
+            if da == 0:
+                ties_a += 1
+            elif db == 0:
+                ties_b += 1
+            elif da == db:
+                concordant += 1
+            else:
+                discordant += 1
+    denom = math.sqrt((concordant + discordant + ties_a) * (concordant + discordant + ties_b))
+    return None if denom == 0 else (concordant - discordant) / denom

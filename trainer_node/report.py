@@ -1,0 +1,405 @@
+"""The trainer's report: dataclasses -> JSON (schema `mycroft/schemas/report.v1.json`).
+
+The JSON carries everything the HTML report needs, so the renderer never re-runs anything.
+It is written atomically (temporary file + rename): a crash leaves the old report or none,
+never half of one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+SCHEMA_VERSION = "1.0"
+SCHEMA_PATH = Path(__file__).resolve().parent.parent / "mycroft" / "schemas" / "report.v1.json"
+
+
+@dataclass
+class Routing:
+    expert_share: list[float]  # fraction of routed inputs per expert
+    max_routing_imbalance: float  # largest share relative to the uniform share
+
+
+@dataclass
+class BudgetState:
+    cap: int
+    used: int
+    left: int
+
+
+@dataclass
+class ModelSummary:
+    gate: str
+    num_experts: int
+    top_k: int
+    embed_dim: int
+    sha256: str
+    size_bytes: int
+    config: dict[str, Any]  # the full moe ModelConfig as a dict
+
+
+@dataclass
+class DataSummary:
+    name: str
+    train_rows: int
+    val_rows: int
+    test_rows: int
+    input_shape: list[int]
+
+
+@dataclass
+class Settings:
+    methods: list[str]
+    budgets: list[int]
+    seeds: list[int]
+    selection_mode: str  # "embedded" | "raw"
+    training_mode: str  # "finetune" | "retrain" | "both"
+    training_modes: list[str]
+    rank_by: dict[str, Any]  # {"method", "budget", "training_mode"}
+    epochs: int
+    finetune_epochs: int
+    batch_size: int
+    lr: float
+    replay_fraction: float
+    dhard_classes: list[str] | None
+    shared_fraction: float
+    dhard_seed: int
+    selection_seed: int
+
+
+@dataclass
+class Baseline:
+    dhard_eval_accuracy: float | None  # None when D_hard-eval is empty
+    test_accuracy: float
+    val_accuracy: float
+    test_loss: float
+    per_class_accuracy: list[float | None]  # test set, aligned with class_names
+    routing: Routing
+    train_seconds: float
+
+
+@dataclass
+class DHardClass:
+    class_name: str
+    class_index: int
+    shared: int
+    eval: int
+
+
+@dataclass
+class DHardSummary:
+    classes: list[str]
+    shared_total: int
+    eval_total: int
+    per_class: list[DHardClass]
+
+
+@dataclass
+class OwnerDescribe:
+    owner_name: str
+    protocol_version: str
+    row_count: int
+    classes: list[str]
+    class_counts: list[int]
+    input_shape: list[int]
+    methods: list[str]
+    trainer_id: str
+
+
+@dataclass
+class RequestRecord:
+    request_id: str
+    method: str
+    budget: int
+    rows_requested: int
+    status: str  # "ok" | "failed"
+    rows_received: int = 0
+    new_rows_charged: int = 0
+    replayed: bool = False
+    attempts: int = 0
+    transfer_seconds: float = 0.0  # wall time of the Select call (selection + streaming)
+    selection_seconds: float = 0.0  # the owner's own timings, summed
+    timings: dict[str, float] = field(default_factory=dict)
+    received_per_class: list[int] = field(default_factory=list)  # aligned with class_names
+    missing_classes: list[str] = field(default_factory=list)
+    shortfall_reason: str | None = None
+    error: str | None = None
+    error_code: str | None = None
+
+
+@dataclass
+class SeedResult:
+    method: str
+    budget: int
+    training_mode: str
+    seed: int
+    rows_received: int
+    new_rows_charged: int
+    dhard_accuracy: float | None
+    test_accuracy: float
+    dhard_gain: float | None
+    test_gain: float
+    per_class_accuracy: list[float | None]
+    routing: Routing
+    selection_seconds: float
+    transfer_seconds: float
+    train_seconds: float
+    missing_classes: list[str]
+    shortfall_reason: str | None
+
+
+@dataclass
+class GainSummary:
+    mean: float
+    std: float
+    ci95: list[float] | None  # [low, high]; None with a single seed
+    n: int
+
+
+@dataclass
+class Utility:
+    method: str
+    budget: int
+    training_mode: str
+    dhard_gain: GainSummary
+    test_gain_mean: float
+    test_gain_std: float
+    dhard_accuracy_mean: float
+    test_accuracy_mean: float
+    rank: int | None  # this owner's rank among owners for this (method, budget, mode)
+
+
+@dataclass
+class OwnerReport:
+    name: str
+    address: str
+    status: str  # "ok" | "failed"
+    error: str | None = None
+    error_code: str | None = None
+    describe: OwnerDescribe | None = None
+    budget: BudgetState | None = None  # after the run
+    model_uploaded: bool | None = None  # False: the owner already had it cached
+    requests: list[RequestRecord] = field(default_factory=list)
+    results: list[SeedResult] = field(default_factory=list)
+    utility: list[Utility] = field(default_factory=list)
+    rank: int | None = None  # rank under the primary (method, budget, mode)
+
+
+@dataclass
+class RankEntry:
+    rank: int
+    owner: str
+    method: str
+    budget: int
+    training_mode: str
+    dhard_gain_mean: float
+    dhard_gain_std: float
+    ci95: list[float] | None
+    test_gain_mean: float
+    n: int
+
+
+@dataclass
+class Agreement:
+    method: str
+    budget: int
+    training_mode: str
+    n_owners: int
+    spearman: float | None
+    kendall_tau: float | None
+
+
+@dataclass
+class FullInformation:
+    training_mode: str
+    gains: dict[str, float]  # owner -> mean D_hard gain with all its rows
+    ranking: list[str]  # owners best first under full information
+    agreement: list[Agreement]
+
+
+@dataclass
+class Timings:
+    total_seconds: float
+    baseline_seconds: float
+    acquire_seconds: float
+    evaluate_seconds: float
+
+
+@dataclass
+class Report:
+    run_id: str
+    created_at: str  # ISO 8601, UTC
+    trainer_id: str
+    data: DataSummary
+    class_names: list[str]
+    model: ModelSummary
+    settings: Settings
+    baseline: Baseline
+    dhard: DHardSummary
+    owners: list[OwnerReport]
+    ranking: list[RankEntry]
+    full_information: FullInformation | None
+    timings: Timings
+    schema_version: str = SCHEMA_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        d = _jsonable(asdict(self))
+        # schema_version first: a reader can check it before anything else
+        return {"schema_version": d.pop("schema_version"), **d}
+
+
+def _jsonable(value: Any) -> Any:
+    """Tuples -> lists, numpy scalars -> Python, NaN/inf -> None (JSON has neither)."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if hasattr(value, "item") and not isinstance(value, str | bytes):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+@cache
+def load_schema() -> dict[str, Any]:
+    with open(SCHEMA_PATH, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def validate_report(obj: dict[str, Any]) -> None:
+    """Raise jsonschema.ValidationError (with the failing path) if `obj` breaks the schema."""
+    import jsonschema
+
+    validator = jsonschema.Draft202012Validator(load_schema())
+    error = jsonschema.exceptions.best_match(validator.iter_errors(obj))
+    if error is not None:
+        raise error
+
+
+def write_report(report: Report | dict[str, Any], path: str | os.PathLike[str]) -> Path:
+    """Validate, then write atomically: temporary file in the same directory + rename."""
+    obj = report.to_dict() if isinstance(report, Report) else report
+    validate_report(obj)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(obj, f, indent=2, allow_nan=False)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_report(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """A report JSON, validated against the schema."""
+    with open(path, encoding="utf-8") as f:
+        obj = json.load(f)
+    validate_report(obj)
+    return obj
+
+
+def _pct(x: float | None, signed: bool = False) -> str:
+    if x is None:
+        return "-"
+    return f"{100 * x:+.1f}" if signed else f"{100 * x:.1f}"
+
+
+def summary_rows(obj: dict[str, Any]) -> list[list[str]]:
+    """The ranking table's rows (rank, owner, setting, gain ± CI, test change, rows, status)."""
+    rows = []
+    by_owner = {o["name"]: o for o in obj["owners"]}
+    for r in obj["ranking"]:
+        ci = r["ci95"]
+        ci_text = f" [{_pct(ci[0], True)}, {_pct(ci[1], True)}]" if ci else ""
+        rows_recv = sum(
+            q["rows_received"]
+            for q in by_owner[r["owner"]]["requests"]
+            if q["method"] == r["method"] and q["budget"] == r["budget"] and q["status"] == "ok"
+        )
+        rows.append(
+            [
+                str(r["rank"]),
+                r["owner"],
+                f"{r['method']}@{r['budget']} ({r['training_mode']})",
+                _pct(r["dhard_gain_mean"], True) + ci_text,
+                _pct(r["test_gain_mean"], True),
+                str(rows_recv),
+            ]
+        )
+    for o in obj["owners"]:
+        if o["status"] != "ok":
+            rows.append(["-", o["name"], "failed", "-", "-", "0", o["error_code"] or "error"])
+        elif o["rank"] is None:
+            rows.append(["-", o["name"], "not ranked", "-", "-", "-", "no primary result"])
+    return rows
+
+
+def _corr(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.2f}"
+
+
+def agreement_lines(obj: dict[str, Any]) -> list[str]:
+    fi = obj.get("full_information")
+    if not fi:
+        return []
+    return [
+        f"agreement with full information, {a['method']}@{a['budget']} ({a['n_owners']} owners):"
+        f" Spearman {_corr(a['spearman'])}, Kendall tau {_corr(a['kendall_tau'])}"
+        for a in fi["agreement"]
+    ]
+
+
+def failure_lines(obj: dict[str, Any]) -> list[str]:
+    return [f"{o['name']}: {o['error']}" for o in obj["owners"] if o["status"] != "ok"]
+
+
+def format_summary(obj: dict[str, Any]) -> str:
+    """A plain-text summary (for logs and non-terminals)."""
+    b = obj["baseline"]
+    lines = [
+        f"run {obj['run_id']}  trainer {obj['trainer_id']}  data {obj['data']['name']}",
+        f"baseline: test {_pct(b['test_accuracy'])}%  D_hard-eval "
+        f"{_pct(b['dhard_eval_accuracy'])}%  (D_hard shared {obj['dhard']['shared_total']}, "
+        f"eval {obj['dhard']['eval_total']})",
+        "rank  owner  setting  D_hard gain (pp) [95% CI]  test change (pp)  rows",
+    ]
+    lines += ["  ".join(r) for r in summary_rows(obj)]
+    return "\n".join(lines + agreement_lines(obj) + failure_lines(obj))
+
+
+def print_summary(obj: dict[str, Any]) -> None:
+    """A rich table when rich is installed, else plain text."""
+    try:
+        from rich.console import Console
+        from rich.table import Table
+    except ImportError:
+        print(format_summary(obj))
+        return
+    b = obj["baseline"]
+    console = Console()
+    table = Table(
+        title=f"Mycroft run {obj['run_id']}: owners ranked by D_hard utility gain",
+        caption=f"baseline: test {_pct(b['test_accuracy'])}%, D_hard-eval "
+        f"{_pct(b['dhard_eval_accuracy'])}%; gains in percentage points",
+    )
+    for col in ("rank", "owner", "setting", "D_hard gain [95% CI]", "test change", "rows"):
+        table.add_column(col, justify="right" if col in ("rank", "rows") else "left")
+    table.add_column("note")
+    for row in summary_rows(obj):
+        table.add_row(*(row + [""] * (7 - len(row))))
+    console.print(table)
+    for line in agreement_lines(obj) + failure_lines(obj):
+        console.print(line, markup=False, highlight=False)
