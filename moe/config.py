@@ -11,6 +11,8 @@ import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+import numpy as np
+
 from mycroft.errors import ConfigError
 
 GATES = ("topk", "sinkhorn", "hash", "comet", "dense")
@@ -73,6 +75,7 @@ class ModelConfig:
     norm_std: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
+        self._check_types()
         self.input_shape = tuple(int(v) for v in self.input_shape)
         self.class_names = tuple(str(v) for v in self.class_names)
         if self.norm_mean is not None:
@@ -80,6 +83,38 @@ class ModelConfig:
         if self.norm_std is not None:
             self.norm_std = tuple(float(v) for v in self.norm_std)
         self.validate()
+
+    def _check_types(self) -> None:
+        """Exact scalar types: a config read from JSON must not smuggle 8.0 or "8" for an int.
+
+        Numpy scalars and arrays (as produced by data code) are accepted and converted.
+        """
+        ints = (int, np.integer)
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if f.type == "int":
+                if not isinstance(v, ints) or isinstance(v, bool):
+                    raise ConfigError(f"model config: {f.name}: expected an integer, got {v!r}")
+                setattr(self, f.name, int(v))
+            elif f.type == "float":
+                if not isinstance(v, int | float | np.number) or isinstance(v, bool):
+                    raise ConfigError(f"model config: {f.name}: expected a number, got {v!r}")
+                setattr(self, f.name, float(v))
+            elif f.type == "bool" and not isinstance(v, bool | np.bool_):
+                raise ConfigError(f"model config: {f.name}: expected true/false, got {v!r}")
+            elif f.type == "str" and not isinstance(v, str):
+                raise ConfigError(f"model config: {f.name}: expected a string, got {v!r}")
+        for name in ("input_shape", "class_names", "norm_mean", "norm_std"):
+            v = getattr(self, name)
+            if v is not None and not isinstance(v, list | tuple | np.ndarray):
+                raise ConfigError(f"model config: {name}: expected a list, got {type(v).__name__}")
+        if any(not isinstance(v, ints) or isinstance(v, bool) for v in self.input_shape):
+            raise ConfigError(
+                f"model config: input_shape: expected integers, got {self.input_shape}"
+            )
+        if any(not isinstance(v, str) for v in self.class_names):
+            raise ConfigError("model config: class_names: expected strings")
+        self.local_search = bool(self.local_search)
 
     @property
     def effective_experts(self) -> int:

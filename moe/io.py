@@ -129,8 +129,11 @@ def _config(header: dict[str, Any]) -> ModelConfig:
 
 
 def _check_tensors(header: dict[str, Any], config: ModelConfig, data_len: int) -> None:
-    with torch.device("meta"):
-        expected = MoEClassifier(config).state_dict()
+    try:
+        with torch.device("meta"):  # shapes only: nothing is allocated
+            expected = MoEClassifier(config).state_dict()
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise ModelFileError(f"model config cannot be built: {exc}") from exc
     n_params = sum(t.numel() for t in expected.values())
     if n_params > MAX_PARAMETERS:
         raise ModelFileError(f"model too large: {n_params} parameters > {MAX_PARAMETERS}")

@@ -138,6 +138,10 @@ class RunSpec:
     training: str = "finetune"
     epochs: int = 3
     model: ModelSpec = field(default_factory=ModelSpec)
+    # Fine-tuning on a subset (see trainer_node.config.TrainingSettings); None: trainer default.
+    finetune_epochs: int | None = None
+    finetune_lr: float | None = None
+    oversample_to: int = 0
 
     def budget_rows(self, budget: int | float, owner_rows: int) -> int:
         """A budget as a row count for an owner holding `owner_rows` rows."""
@@ -253,6 +257,11 @@ def parse_scenario(
         training=rt.choice("training", "finetune", TRAINING_MODES),
         epochs=rt.int("epochs", 3, lo=1),
         model=model,
+        finetune_epochs=rt.int("finetune_epochs", None, lo=1)
+        if "finetune_epochs" in rt.raw
+        else None,
+        finetune_lr=rt.float("finetune_lr", None, 1e-8, 10.0) if "finetune_lr" in rt.raw else None,
+        oversample_to=rt.int("oversample_to", 0, lo=0),
     )
     if run.shared_fraction == 0.0:
         raise ConfigError("run.shared_fraction: must be > 0 (owners need some of D_hard)")

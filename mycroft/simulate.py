@@ -87,6 +87,18 @@ def _budgets(scenario: Scenario, data: ScenarioData) -> list[int]:
     return sorted(set(rows))
 
 
+# Rank owners by Mycroft's own selection, not random: the first of these the scenario runs.
+RANK_PREFERENCE = ("funcfeat", "gradient", "feature")
+
+
+def _rank_by(methods: list[str], budgets: list[int]) -> list[tuple[str, dict[str, object]]]:
+    """The ranking setting: the preferred method at the largest budget (least noisy gain)."""
+    method = next((m for m in RANK_PREFERENCE if m in methods), None)
+    if method is None:
+        return []  # the trainer's default: the first listed method
+    return [("[selection.rank_by]", {"method": method, "budget": max(budgets)})]
+
+
 def prepare(
     scenario: Scenario,
     run_dir: Path,
@@ -190,9 +202,20 @@ def prepare(
             "[model]",
             {"gate": run.model.gate, "num_experts": run.model.experts, "top_k": run.model.top_k},
         ),
-        ("[training]", {"epochs": run.epochs, "seeds": run.seeds, "mode": run.training}),
+        (
+            "[training]",
+            {
+                "epochs": run.epochs,
+                "seeds": run.seeds,
+                "mode": run.training,
+                "finetune_epochs": run.finetune_epochs,
+                "finetune_lr": run.finetune_lr,
+                "oversample_to": run.oversample_to,
+            },
+        ),
         ("[dhard]", {"classes": dhard_classes, "shared_fraction": run.shared_fraction}),
         ("[selection]", {"methods": methods, "budgets": budgets, "mode": "embedded"}),
+        *_rank_by(methods, budgets),
         *owner_tables,
     ]
     _write_private(plan.trainer_config, _toml(trainer_tables))
@@ -228,8 +251,7 @@ def _stop(procs: list[subprocess.Popen], grace: float = 15.0) -> None:
 
 def run_local(plan: SimulationPlan, *, startup_timeout: float = 120.0) -> int:
     """Start the owners as processes, run the trainer, stop the owners. Returns an exit code."""
-    from trainer_node.config import load_config
-    from trainer_node.pipeline import run_trainer
+    from trainer_node.pipeline import run_trainer_from_path
 
     logs = plan.run_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
@@ -247,14 +269,14 @@ def run_local(plan: SimulationPlan, *, startup_timeout: float = 120.0) -> int:
         for owner, proc in zip(plan.owners, procs, strict=True):
             _wait_serving(owner, proc, logs / f"{owner.name}.log", startup_timeout)
             log.info("owner %s serving on %s (pid %d)", owner.name, owner.address, proc.pid)
-        report = run_trainer(load_config(plan.trainer_config), print_table=True)
+        status = run_trainer_from_path(plan.trainer_config)
     finally:
         _stop(procs)
     print(f"\nreport: {plan.run_dir / 'report.json'}")
     html = plan.run_dir / "report.html"
     if html.exists():
         print(f"html:   {html}")
-    return 0 if report.ranking else 1
+    return status
 
 
 def simulate_from_args(args: argparse.Namespace) -> int:

@@ -19,17 +19,29 @@ ALLOWED_DTYPES = frozenset(
     {"float16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8", "bool"}
 )
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
+MAX_NDIM = 8
+MAX_DIM = 1 << 31  # an empty tensor of shape [0, 2**62] holds no bytes but breaks numpy
 CHUNK_BYTES = 1024 * 1024  # well below gRPC's 4 MiB default message limit
 
 
 def encode(array: np.ndarray) -> pb.Tensor:
+    return encode_into(pb.Tensor(), array)
+
+
+def encode_into(target: pb.Tensor, array: np.ndarray) -> pb.Tensor:
+    """Fill `target` (e.g. a field of a message being built) in place and return it.
+
+    Streams build each chunk this way: passing sub-messages as constructor arguments
+    (`RowsChunk(features=encode(x))`) deep-copies their bytes once per nesting level.
+    """
     array = np.asarray(array)
     if array.dtype.name not in ALLOWED_DTYPES:
         raise ValueError(f"dtype {array.dtype} cannot be sent")
     little = array.astype(array.dtype.newbyteorder("<"), copy=False)
-    return pb.Tensor(
-        dtype=array.dtype.name, shape=list(array.shape), data=np.ascontiguousarray(little).tobytes()
-    )
+    target.dtype = array.dtype.name
+    target.shape[:] = array.shape
+    target.data = np.ascontiguousarray(little).tobytes()
+    return target
 
 
 def decode(
@@ -51,8 +63,12 @@ def decode(
     shape = tuple(int(s) for s in tensor.shape)
     if ndim is not None and len(shape) != ndim:
         raise InvalidRequest(field, f"must have {ndim} dimensions, got shape {list(shape)}")
+    if len(shape) > MAX_NDIM:
+        raise InvalidRequest(field, f"{len(shape)} dimensions; at most {MAX_NDIM} are allowed")
     if any(s < 0 for s in shape):
         raise InvalidRequest(field, f"negative dimension in shape {list(shape)}")
+    if any(s > MAX_DIM for s in shape):
+        raise InvalidRequest(field, f"dimension above {MAX_DIM} in shape {list(shape)}")
     itemsize = np.dtype(tensor.dtype).itemsize
     expected = math.prod(shape) * itemsize
     if expected > max_bytes:

@@ -111,12 +111,16 @@ class Engine:
 
     def rows(self, row_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Features and labels of the owner's rows `row_ids`, in that order."""
+        index = self.positions(row_ids)
+        return self.data.features[index], self.data.labels[index]
+
+    def positions(self, row_ids: np.ndarray) -> np.ndarray:
+        """Positions of `row_ids` in the data; RuntimeError if any id is not the owner's."""
         pos = np.searchsorted(self._sorted_ids, row_ids)
         pos = np.clip(pos, 0, len(self._sorted_ids) - 1)
         if len(row_ids) and not np.array_equal(self._sorted_ids[pos], row_ids):
             raise RuntimeError("selection returned row ids the owner does not hold")
-        index = self._order[pos]
-        return self.data.features[index], self.data.labels[index]
+        return self._order[pos]
 
     def check(self, job: SelectJob) -> Strategy:
         """Cheap checks done on the caller's thread before queueing; returns the strategy."""
@@ -270,7 +274,7 @@ class Engine:
                 "strategy %s returned %d rows for budget %d", job.method, len(ids), job.budget
             )
             ids, scores = ids[: job.budget], scores[: job.budget]
-        self.rows(ids)  # raises if any id is not the owner's
+        self.positions(ids)  # raises if any id is not the owner's; no copy of the rows
         result.row_ids, result.scores = ids, np.nan_to_num(scores, nan=0.0)
         return result
 

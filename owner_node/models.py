@@ -184,7 +184,10 @@ class ModelStore:
         """Parse and check a model against the owner's data; never unpickles."""
         from moe.io import model_from_bytes
 
-        model = model_from_bytes(data)  # ModelFileError on a bad or hostile file
+        try:
+            model = model_from_bytes(data)  # ModelFileError on a bad or hostile file
+        except RecursionError:  # json.loads on a deeply nested header or config
+            raise ModelFileError("model header or config JSON is nested too deeply") from None
         cfg = model.config
         problems = []
         if tuple(cfg.input_shape) != tuple(self.data.input_shape):

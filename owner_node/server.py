@@ -21,12 +21,11 @@ from grpc_reflection.v1alpha import reflection
 from mycroft.data.base import LabeledData
 from mycroft.errors import MycroftError
 from mycroft.v1 import owner_pb2 as pb
-from mycroft.v1 import owner_pb2_grpc as pb_grpc
 from owner_node.auth import Authenticator
 from owner_node.config import OwnerConfig, load_config
 from owner_node.engine import Engine
 from owner_node.ledger import Ledger
-from owner_node.service import OwnerServicer
+from owner_node.service import OwnerServicer, add_servicer
 
 log = logging.getLogger("owner_node.server")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["DataOwner"].full_name  # "mycroft.v1.DataOwner"
@@ -124,7 +123,7 @@ def build_server(config: OwnerConfig, data: LabeledData | None = None) -> tuple[
             ],
             maximum_concurrent_rpcs=config.owner.max_workers * 4,
         )
-        pb_grpc.add_DataOwnerServicer_to_server(servicer, server)
+        add_servicer(servicer, server)  # malformed bytes: INVALID_ARGUMENT, not INTERNAL
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server

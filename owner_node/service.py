@@ -16,6 +16,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 
 import grpc
 import numpy as np
+from google.protobuf.message import DecodeError
 
 from mycroft import wire
 from mycroft.errors import DataError, InvalidRequest, ModelFileError, MycroftError
@@ -53,12 +54,62 @@ _STATUS: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
 )
 
 
+class Malformed:
+    """Stands in for request bytes that are not a valid protobuf message.
+
+    gRPC answers INTERNAL when a deserializer raises; decoding tolerantly lets the servicer
+    answer INVALID_ARGUMENT instead (after authenticating the caller, like any request).
+    """
+
+    def __init__(self, error: str):
+        self.error = error
+
+
+def _tolerant(message_cls: type) -> Callable[[bytes], object]:
+    def deserialize(data: bytes) -> object:
+        try:
+            return message_cls.FromString(data)
+        except DecodeError as e:
+            return Malformed(f"{message_cls.DESCRIPTOR.name}: {e}")
+
+    return deserialize
+
+
+def _refuse_malformed(self: OwnerServicer, request: object, context) -> None:
+    if isinstance(request, Malformed):
+        self.auth.identify(context)
+        raise InvalidRequest("request", f"not a valid protobuf message ({request.error})")
+
+
+def add_servicer(servicer: OwnerServicer, server: grpc.Server) -> None:
+    """`add_DataOwnerServicer_to_server` with deserializers that never raise."""
+    kinds = {
+        "Describe": (grpc.unary_unary_rpc_method_handler, pb.DescribeRequest, pb.DescribeResponse),
+        "HasModel": (grpc.unary_unary_rpc_method_handler, pb.ModelRef, pb.ModelStatus),
+        "UploadModel": (grpc.stream_unary_rpc_method_handler, pb.ModelChunk, pb.ModelStatus),
+        "Select": (grpc.unary_stream_rpc_method_handler, pb.SelectRequest, pb.SelectChunk),
+        "GetLedger": (grpc.unary_unary_rpc_method_handler, pb.LedgerRequest, pb.LedgerResponse),
+    }
+    handlers = {
+        name: make(
+            getattr(servicer, name),
+            request_deserializer=_tolerant(request_cls),
+            response_serializer=response_cls.SerializeToString,
+        )
+        for name, (make, request_cls, response_cls) in kinds.items()
+    }
+    service = pb.DESCRIPTOR.services_by_name["DataOwner"].full_name
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
+    server.add_registered_method_handlers(service, handlers)
+
+
 def _rpc(method: Callable) -> Callable:
     """Map exceptions of a unary/client-streaming RPC to status codes."""
 
     @functools.wraps(method)
     def wrapper(self: OwnerServicer, request, context: grpc.ServicerContext):
         try:
+            _refuse_malformed(self, request, context)
             return method(self, request, context)
         except Exception as e:  # noqa: BLE001 - every error must become a status
             _abort(context, e, method.__name__, "-")
@@ -118,6 +169,7 @@ class OwnerServicer(pb_grpc.DataOwnerServicer):
         upload = None
         try:
             for chunk in request_iterator:
+                _refuse_malformed(self, chunk, context)
                 if upload is None:
                     upload = self.engine.models.begin_upload(chunk.sha256, chunk.total_size)
                 elif (chunk.sha256 and chunk.sha256 != upload.sha) or (
@@ -162,9 +214,11 @@ class OwnerServicer(pb_grpc.DataOwnerServicer):
         )
 
     def Select(self, request: pb.SelectRequest, context) -> Iterator[pb.SelectChunk]:
-        rid = _printable(request.request_id[: self.limits.max_request_id_chars]) or "-"
         who = "-"
+        rid = "-"
         try:
+            _refuse_malformed(self, request, context)
+            rid = _printable(request.request_id[: self.limits.max_request_id_chars]) or "-"
             caller = self.auth.identify(context)
             who = caller.trainer_id
             started = time.perf_counter()
@@ -232,14 +286,15 @@ class OwnerServicer(pb_grpc.DataOwnerServicer):
         features, labels = self.engine.rows(charge.row_ids)
         per_row = int(np.prod(self.engine.data.input_shape)) * features.dtype.itemsize + 20
         for part in wire.row_chunks(len(charge.row_ids), per_row):
-            yield pb.SelectChunk(
-                rows=pb.RowsChunk(
-                    features=wire.encode(features[part]),
-                    labels=wire.encode(labels[part].astype(np.int64)),
-                    row_ids=wire.encode(charge.row_ids[part]),
-                    scores=wire.encode(charge.scores[part]),
-                )
-            )
+            # Filled in place: nested constructor arguments would copy each 1 MiB chunk twice
+            # more (measured: about twice the encoding time of a 1e4-row stream).
+            chunk = pb.SelectChunk()
+            rows = chunk.rows
+            wire.encode_into(rows.features, features[part])
+            wire.encode_into(rows.labels, labels[part].astype(np.int64))
+            wire.encode_into(rows.row_ids, charge.row_ids[part])
+            wire.encode_into(rows.scores, charge.scores[part])
+            yield chunk
         note = charge.note
         reason = note.get("shortfall_reason") or ""
         if charge.cut:

@@ -17,7 +17,9 @@ from selection._contract import allocate, finalize, plan_classes, validate
 from selection.base import Candidates, HardSet, Head, SelectionResult, Strategy, Timer, register
 
 
-def bin_edges(hard_features: np.ndarray, owner_features: np.ndarray, n_bins: int):
+def bin_edges(
+    hard_features: np.ndarray, owner_features: np.ndarray, n_bins: int
+) -> tuple[np.ndarray, np.ndarray]:
     """(lo, width) per feature, widths from D_hard's range (owner range if D_hard is constant)."""
     lo = hard_features.min(axis=0).astype(np.float64)
     width = (hard_features.max(axis=0) - lo) / n_bins
@@ -35,7 +37,9 @@ def to_bins(x: np.ndarray, lo: np.ndarray, width: np.ndarray, n_bins: int) -> np
     return np.clip(b, -(2**30), 2**30).astype(np.int64)
 
 
-def min_bin_distance(owner_bins: np.ndarray, hard_bins: np.ndarray, chunk_elems: int = 1 << 24):
+def min_bin_distance(
+    owner_bins: np.ndarray, hard_bins: np.ndarray, chunk_elems: int = 1 << 24
+) -> np.ndarray:
     """For each owner row, min over D_hard rows of the L1 distance between bin vectors."""
     hard_bins = np.unique(hard_bins, axis=0)
     f = owner_bins.shape[1]
@@ -68,8 +72,9 @@ class BinningDistance(Strategy):
         head: Head | None = None,
         seed: int = 0,
     ) -> SelectionResult:
-        budget = validate(candidates, hard, budget, needs_features=True)
         timer = Timer()
+        with timer("validate"):
+            budget = validate(candidates, hard, budget, needs_features=True)
         rng = np.random.default_rng(seed)
         with timer("plan"):
             plan = plan_classes(candidates, hard)

@@ -70,7 +70,8 @@ def build_class_index(emb_norm: np.ndarray, positions: np.ndarray, p: IndexParam
 
 @dataclass
 class FeatureIndexCache:
-    """Per-class indexes for one embeddings array; rebuilt when a different array arrives."""
+    """Per-class indexes for one embeddings array; rebuilt when a different array arrives.
+    The arrays are treated as immutable: after changing them in place, call `clear()`."""
 
     params: IndexParams = field(default_factory=IndexParams)
     _key: tuple | None = None
@@ -78,12 +79,17 @@ class FeatureIndexCache:
     _indexes: dict[int, ClassIndex] = field(default_factory=dict)
     builds: int = 0  # how many class indexes were built (lets tests and owners see reuse)
 
+    def clear(self) -> None:
+        self._key, self._refs, self._indexes = None, (), {}
+
     def _bind(self, embeddings: np.ndarray, labels: np.ndarray) -> None:
         key = (id(embeddings), embeddings.shape, id(labels), labels.shape)
         if key != self._key:
             self._key, self._refs, self._indexes = key, (embeddings, labels), {}
 
-    def get(self, embeddings: np.ndarray, labels: np.ndarray, c: int, positions: np.ndarray):
+    def get(
+        self, embeddings: np.ndarray, labels: np.ndarray, c: int, positions: np.ndarray
+    ) -> ClassIndex:
         self._bind(embeddings, labels)
         if c not in self._indexes:
             self._indexes[c] = build_class_index(
@@ -93,7 +99,7 @@ class FeatureIndexCache:
         return self._indexes[c]
 
     @classmethod
-    def build(cls, candidates: Candidates, params: IndexParams | None = None):
+    def build(cls, candidates: Candidates, params: IndexParams | None = None) -> FeatureIndexCache:
         """Prebuild every class index of an owner (e.g. at owner start-up)."""
         cache = cls(params or IndexParams())
         if candidates.embeddings is None:
@@ -146,8 +152,9 @@ class FeatureMatching(Strategy):
         head: Head | None = None,
         seed: int = 0,
     ) -> SelectionResult:
-        budget = validate(candidates, hard, budget, needs_embeddings=True)
         timer = Timer()
+        with timer("validate"):
+            budget = validate(candidates, hard, budget, needs_embeddings=True)
         with timer("plan"):
             plan = plan_classes(candidates, hard)
             queries = l2_normalise(hard.embeddings)

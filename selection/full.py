@@ -24,8 +24,9 @@ class FullInformation(Strategy):
         head: Head | None = None,
         seed: int = 0,
     ) -> SelectionResult:
-        budget = validate(candidates, hard, budget)
         timer = Timer()
+        with timer("validate"):
+            budget = validate(candidates, hard, budget)
         with timer("plan"):
             plan = plan_classes(candidates, hard)
         positions = np.arange(len(candidates), dtype=np.int64)

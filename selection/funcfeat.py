@@ -50,8 +50,9 @@ class FuncFeat(GradientMatching):
         prefilter_min: int | None = 20_000,
         prefilter_factor: int = 20,
         batch_size: int = DEFAULT_BATCH,
+        workers: int = 1,
     ) -> None:
-        super().__init__(lam, prefilter_min, prefilter_factor, batch_size)
+        super().__init__(lam, prefilter_min, prefilter_factor, batch_size, workers)
         self.lam2 = lam2
         self.psi_in_pick = psi_in_pick
 

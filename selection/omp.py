@@ -42,28 +42,32 @@ class DenseAtoms:
 
 
 class FactoredAtoms:
-    """Last-layer gradients as outer products: row i is [u_i, vec(u_i ⊗ e_i)]."""
+    """Last-layer gradients as outer products: row i is [u_i, vec(u_i ⊗ e_i)].
+
+    Stored transposed, (C, n) and (d, n): the per-step product is then R_W (C×d) @ Eᵀ (d×n),
+    which OpenBLAS runs ~1.5× faster than E @ R_Wᵀ with its 10-column output (measured)."""
 
     def __init__(self, u: np.ndarray, e: np.ndarray, chunk: int = 262_144) -> None:
-        self.u = np.ascontiguousarray(u, dtype=np.float32)
-        self.e = np.ascontiguousarray(e, dtype=np.float32)
-        self.n, self.c = self.u.shape
-        self.d = self.e.shape[1]
+        self.ut = np.ascontiguousarray(np.asarray(u, dtype=np.float32).T)
+        self.et = np.ascontiguousarray(np.asarray(e, dtype=np.float32).T)
+        self.c, self.n = self.ut.shape
+        self.d = self.et.shape[0]
         self.chunk = chunk
 
     def matvec(self, r: np.ndarray) -> np.ndarray:
-        rb = r[: self.c].astype(np.float32)
-        rw_t = np.ascontiguousarray(r[self.c :].reshape(self.c, self.d).T, dtype=np.float32)
+        rb = r[: self.c, None].astype(np.float32)
+        rw = np.ascontiguousarray(r[self.c :].reshape(self.c, self.d), dtype=np.float32)
         out = np.empty(self.n, dtype=np.float64)
         for lo in range(0, self.n, self.chunk):
             hi = lo + self.chunk
-            z = self.e[lo:hi] @ rw_t
+            z = rw @ self.et[:, lo:hi]
             z += rb
-            out[lo:hi] = np.einsum("ij,ij->i", z, self.u[lo:hi])
+            z *= self.ut[:, lo:hi]
+            out[lo:hi] = z.sum(axis=0)
         return out
 
     def rows(self, idx: np.ndarray) -> np.ndarray:
-        return gradient_rows(self.u[idx], self.e[idx]).astype(np.float64)
+        return gradient_rows(self.ut[:, idx].T, self.et[:, idx].T).astype(np.float64)
 
 
 Atoms = DenseAtoms | FactoredAtoms
@@ -82,7 +86,9 @@ def _as_atoms(a: Atoms | np.ndarray) -> Atoms:
     return a if isinstance(a, DenseAtoms | FactoredAtoms) else DenseAtoms(a)
 
 
-def _pick_scores(corr: np.ndarray, psi2: np.ndarray | None, lam2: float, psi_in_pick: bool):
+def _pick_scores(
+    corr: np.ndarray, psi2: np.ndarray | None, lam2: float, psi_in_pick: bool
+) -> np.ndarray:
     if psi_in_pick and psi2 is not None:
         # open question (METHOD.md §2): discount rows far from D_hard already at the pick
         return corr / (1.0 + lam2 * psi2)
@@ -108,27 +114,30 @@ def _chol_rank1_update(lo: np.ndarray, x: np.ndarray) -> None:
 
 
 class _Factor:
-    """Cholesky factor L of the regularised Gram matrix of the support, in preallocated buffers
-    (no O(k²) copies per step), with y = L⁻¹ b_S kept up to date so one solve gives w."""
+    """Cholesky factor L of the regularised Gram matrix of the support and its inverse L⁻¹, in
+    preallocated buffers. Each step is then a few matrix-vector products on sub-blocks (no
+    triangular solves, which would copy the sub-block every call: measured ~2× slower). A row
+    entering extends both factors by one row; a row leaving updates L with a rank-1 update of the
+    trailing block and re-inverts it (drops are rare)."""
 
     def __init__(self, cap: int, dim: int) -> None:
         self.lo = np.zeros((cap, cap))
+        self.inv = np.zeros((cap, cap))
         self.rows = np.zeros((cap, dim))  # dense atom rows of the support
         self.b = np.zeros(cap)  # b_S = A_S t
-        self.y = np.zeros(cap)
+        self.y = np.zeros(cap)  # L⁻¹ b_S
         self.m = 0
 
     def try_add(self, a_j: np.ndarray, diag: float, b_j: float) -> bool:
         m = self.m
-        cross = self.rows[:m] @ a_j
-        l_new = (
-            solve_triangular(self.lo[:m, :m], cross, lower=True, check_finite=False) if m else cross
-        )
+        inv = self.inv[:m, :m]
+        l_new = inv @ (self.rows[:m] @ a_j)
         d2 = a_j @ a_j + diag - l_new @ l_new
         if d2 <= _TINY * max(1.0, diag):
             return False  # numerically dependent on the support: skip the row
         delta = np.sqrt(d2)
         self.lo[m, :m], self.lo[m, m] = l_new, delta
+        self.inv[m, :m], self.inv[m, m] = -(l_new @ inv) / delta, 1.0 / delta
         self.rows[m], self.b[m] = a_j, b_j
         self.y[m] = (b_j - l_new @ self.y[:m]) / delta
         self.m = m + 1
@@ -136,26 +145,26 @@ class _Factor:
 
     def weights(self) -> np.ndarray:
         m = self.m
-        if m == 0:
-            return np.empty(0)
-        return solve_triangular(self.lo[:m, :m].T, self.y[:m], lower=False, check_finite=False)
+        return self.inv[:m, :m].T @ self.y[:m]
 
     def delete(self, p: int) -> None:
         m = self.m
         x = self.lo[p + 1 : m, p].copy()
-        lo = self.lo
-        lo[p : m - 1, :m] = lo[p + 1 : m, :m]  # shift rows up, then columns left
-        lo[: m - 1, p : m - 1] = lo[: m - 1, p + 1 : m]
-        lo[m - 1, :m] = 0.0
-        lo[:m, m - 1] = 0.0
+        for mat in (self.lo, self.inv):  # shift rows up, then columns left
+            mat[p : m - 1, :m] = mat[p + 1 : m, :m]
+            mat[: m - 1, p : m - 1] = mat[: m - 1, p + 1 : m]
+            mat[m - 1, :m] = 0.0
+            mat[:m, m - 1] = 0.0
         self.rows[p : m - 1] = self.rows[p + 1 : m]
         self.b[p : m - 1] = self.b[p + 1 : m]
-        self.m = m - 1
-        if len(x):
-            _chol_rank1_update(lo[p : m - 1, p : m - 1], x)
         m -= 1
-        if m:  # rows before p keep their y; the rest changed with the update
-            self.y[:m] = solve_triangular(lo[:m, :m], self.b[:m], lower=True, check_finite=False)
+        self.m = m
+        if len(x):
+            _chol_rank1_update(self.lo[p:m, p:m], x)
+        if m:  # rows before p keep their factor rows; the rest are recomputed
+            lo = self.lo[:m, :m]
+            self.inv[:m, :m] = solve_triangular(lo, np.eye(m), lower=True, check_finite=False)
+            self.y[:m] = self.inv[:m, :m] @ self.b[:m]
 
 
 def omp(
@@ -208,7 +217,9 @@ def omp(
     return _result(sel, w, fac.rows[: fac.m], t, it, dropped)
 
 
-def _result(sel, w, rows, t, it, dropped) -> OMPResult:
+def _result(
+    sel: list[int], w: np.ndarray, rows: np.ndarray, t: np.ndarray, it: int, dropped: int
+) -> OMPResult:
     idx = np.asarray(sel, dtype=np.int64)
     w = np.asarray(w, dtype=np.float64) if len(sel) else np.empty(0)
     resid = float(np.linalg.norm(t - rows.T @ w)) if len(sel) else float(np.linalg.norm(t))

@@ -21,8 +21,9 @@ class RandomSelection(Strategy):
         head: Head | None = None,
         seed: int = 0,
     ) -> SelectionResult:
-        budget = validate(candidates, hard, budget)
         timer = Timer()
+        with timer("validate"):
+            budget = validate(candidates, hard, budget)
         rng = np.random.default_rng(seed)
         with timer("sample"):
             plan = plan_classes(candidates, hard)

@@ -166,3 +166,24 @@ def test_missing_file_is_model_file_error(tmp_path: Path) -> None:
 def test_metadata_names_the_format() -> None:
     _, meta = tensors_and_meta(good_bytes())
     assert meta["format"] == FORMAT and ModelConfig.from_dict(json.loads(meta[CONFIG_KEY]))
+
+
+def test_random_byte_corruption_never_escapes_as_another_error() -> None:
+    """Any mutated file either loads (a flipped weight byte) or raises ModelFileError."""
+    import numpy as np
+
+    data = model_to_bytes(build_model(cfg(gate="hash", local_search=True), seed=0))
+    (n,) = struct.unpack("<Q", data[:8])
+    rng = np.random.default_rng(0)
+    refused = 0
+    for trial in range(200):
+        buf = bytearray(data)
+        # Mostly hit the header (structure), sometimes the tensor bytes.
+        hi = 8 + n if trial % 4 else len(buf)
+        for pos in rng.integers(0, hi, size=int(rng.integers(1, 4))):
+            buf[pos] = int(rng.integers(0, 256))
+        try:
+            model_from_bytes(bytes(buf))
+        except ModelFileError:
+            refused += 1
+    assert refused > 100

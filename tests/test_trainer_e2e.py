@@ -1,4 +1,4 @@
-"""End to end: three real owner servers (plus one that is down), digits, a tiny MoE, one epoch.
+"""End to end: three real owner servers (plus one that is down), digits, a tiny MoE, a few epochs.
 
 The trainer config is a TOML file on disk, run through the CLI entry point; a second run with the
 same run id must be answered entirely from the owners' replay (no new rows charged) and give the
@@ -51,12 +51,12 @@ conv_channels = 4
 expert_hidden = 16
 
 [training]
-epochs = 1
+epochs = 4
 batch_size = 32
 lr = 3e-3
 seeds = 2
 mode = "finetune"
-finetune_epochs = 3
+finetune_epochs = 5
 num_threads = 1
 
 [dhard]

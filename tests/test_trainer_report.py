@@ -68,6 +68,8 @@ def _results(method: str, budget: int, gains: list[float], test: float) -> list[
             new_rows_charged=budget,
             dhard_accuracy=0.1 + g,
             test_accuracy=0.8 + test,
+            control_dhard_accuracy=0.1,
+            control_test_accuracy=0.8,
             dhard_gain=g,
             test_gain=test,
             per_class_accuracy=[0.9, 0.8, None],

@@ -28,7 +28,9 @@ def test_big_endian_input_is_sent_little_endian():
         (pb.Tensor(dtype="object", shape=[1], data=b"\0" * 8), "not allowed"),
         (pb.Tensor(dtype="float32", shape=[2, 2], data=b"\0" * 15), "needs 16 bytes"),
         (pb.Tensor(dtype="float32", shape=[-1, 4], data=b""), "negative"),
-        (pb.Tensor(dtype="float32", shape=[1 << 40, 1 << 20], data=b""), "exceeds"),
+        (pb.Tensor(dtype="float32", shape=[1 << 20, 1 << 20], data=b""), "exceeds"),
+        (pb.Tensor(dtype="float32", shape=[0, 1 << 62], data=b""), "dimension above"),
+        (pb.Tensor(dtype="float32", shape=[1] * 9, data=b"\0" * 4), "at most 8"),
     ],
 )
 def test_hostile_tensors_are_refused_naming_the_field(tensor, problem):

@@ -61,6 +61,9 @@ class TrainingSettings:
     replay_fraction: float = 0.5
     finetune_epochs: int | None = None  # None: same as `epochs`
     finetune_lr: float | None = None  # None: same as `lr`
+    # A subset smaller than this is repeated up to it each fine-tuning epoch, so 16 rows get as
+    # many optimiser steps as 512 and can move the model (0: off). See docs/BENCHMARKS.md.
+    oversample_to: int = 0
     extra: dict[str, Any] = field(default_factory=dict)  # more `moe.train.TrainConfig` fields
 
     @property
@@ -187,7 +190,7 @@ def _parse_model(s: Section) -> ModelSettings:
 
 def _parse_training(s: Section) -> TrainingSettings:
     known = {"epochs", "batch_size", "lr", "seeds", "mode", "replay_fraction"}
-    known |= {"finetune_epochs", "finetune_lr"}
+    known |= {"finetune_epochs", "finetune_lr", "oversample_to"}
     raw_seeds = s.get("seeds", (int, list), 3)
     if isinstance(raw_seeds, int):
         if raw_seeds < 1:
@@ -218,6 +221,7 @@ def _parse_training(s: Section) -> TrainingSettings:
         replay_fraction=s.number("replay_fraction", 0.5, 0.0, 0.99),
         finetune_epochs=s.integer("finetune_epochs", None, 1),
         finetune_lr=finetune_lr,
+        oversample_to=s.integer("oversample_to", 0, 0),
         extra=extra,
     )
 

@@ -58,11 +58,55 @@ def _combined(own: LabeledData, extra: LabeledData) -> LabeledData:
     )
 
 
+def oversampled(rows: LabeledData, target: int) -> LabeledData:
+    """`rows` repeated (whole copies first, then a prefix) up to `target` rows; unchanged when
+    already that large. Tiny subsets otherwise get one or two optimiser steps per epoch."""
+    n = len(rows)
+    if n == 0 or n >= target:
+        return rows
+    idx = np.resize(np.arange(n), target)
+    return LabeledData(
+        features=rows.features[idx],
+        labels=rows.labels[idx],
+        class_names=rows.class_names,
+        row_ids=np.arange(target, dtype=np.int64),
+        name=rows.name,
+    )
+
+
 @dataclass(frozen=True)
 class TrainedEval:
     dhard_accuracy: float
     test: Metrics
     train_seconds: float
+
+
+class Controls:
+    """Control runs, one per (mode, seed, rows): the same schedule on the trainer's own rows.
+
+    Fine-tuning on k owner rows is compared with fine-tuning on k rows drawn from the trainer's
+    own data (same seed, same replay, same steps); retraining on own + subset with retraining
+    on own data alone. Cached, so owners and methods with equal subset sizes share one run.
+    """
+
+    def __init__(self, base: Baseline, data: TrainerData, settings: TrainingSettings):
+        self.base, self.data, self.settings = base, data, settings
+        self._runs: dict[tuple[str, int, int], TrainedEval] = {}
+
+    def get(self, mode: str, seed: int, rows: int) -> TrainedEval:
+        if mode == "finetune":
+            rows = max(rows, self.settings.oversample_to)
+        else:
+            rows = 0  # retraining on own data alone does not depend on the subset's size
+        key = (mode, seed, rows)
+        if key not in self._runs:
+            own = self.data.train
+            pick = np.random.default_rng([seed, rows]).choice(len(own), size=rows)
+            extra = own.subset(pick, name="control")
+            self._runs[key] = train_and_measure(
+                self.base, self.data, extra, mode, seed, self.settings
+            )
+        return self._runs[key]
 
 
 def train_and_measure(
@@ -81,7 +125,7 @@ def train_and_measure(
         model = copy.deepcopy(base.model)
         finetune(
             model,
-            extra,
+            oversampled(extra, settings.oversample_to),
             data.train,
             train_config(settings, seed, finetune=True),
             replay_fraction=settings.replay_fraction,
@@ -106,19 +150,13 @@ def _seed_result(
     base: Baseline,
     class_names: tuple[str, ...],
     trained: TrainedEval | None,
+    control: TrainedEval | None,
 ) -> SeedResult:
     subset = req.subset
     assert subset is not None
     s = subset.summary
-    before_dhard = base.dhard_eval_accuracy or 0.0
-    if trained is None:  # no rows came back: nothing to train on, so nothing changes
-        dhard_acc, test_metrics, seconds = before_dhard, base.test, 0.0
-    else:
-        dhard_acc, test_metrics, seconds = (
-            trained.dhard_accuracy,
-            trained.test,
-            trained.train_seconds,
-        )
+    if trained is None or control is None:  # no rows came back: nothing to train, no change
+        trained = control = TrainedEval(base.dhard_eval_accuracy or 0.0, base.test, 0.0)
     return SeedResult(
         method=req.method,
         budget=req.budget,
@@ -126,15 +164,17 @@ def _seed_result(
         seed=seed,
         rows_received=len(subset),
         new_rows_charged=s.new_rows_charged,
-        dhard_accuracy=dhard_acc,
-        test_accuracy=test_metrics.accuracy,
-        dhard_gain=dhard_acc - before_dhard,
-        test_gain=test_metrics.accuracy - base.test.accuracy,
-        per_class_accuracy=per_class_list(test_metrics, class_names),
-        routing=routing_of(test_metrics),
-        selection_seconds=float(sum(s.timings.values())),
+        dhard_accuracy=trained.dhard_accuracy,
+        test_accuracy=trained.test.accuracy,
+        control_dhard_accuracy=control.dhard_accuracy,
+        control_test_accuracy=control.test.accuracy,
+        dhard_gain=trained.dhard_accuracy - control.dhard_accuracy,
+        test_gain=trained.test.accuracy - control.test.accuracy,
+        per_class_accuracy=per_class_list(trained.test, class_names),
+        routing=routing_of(trained.test),
+        selection_seconds=s.selection_seconds,
         transfer_seconds=subset.seconds,
-        train_seconds=seconds,
+        train_seconds=trained.train_seconds,
         missing_classes=[_class_name(c, class_names) for c in s.missing_classes],
         shortfall_reason=s.shortfall_reason or None,
     )
@@ -162,19 +202,22 @@ def evaluate_owners(
         for seed in settings.seeds
     ]
     results: dict[str, list[SeedResult]] = {o.endpoint.name: [] for o in outcomes}
+    controls = Controls(base, data, settings)
     for i, (owner, req, mode, seed) in enumerate(cells):
         name = owner.endpoint.name
         if progress is not None:
             msg = f"{name}: {req.method}@{req.budget} {mode} seed {seed}"
             progress(ProgressEvent("evaluate", msg, name, i, len(cells)))
         assert req.subset is not None
-        trained = None
+        trained = control = None
         if len(req.subset):
             extra = subset_data(req.subset, data.class_names, f"{name}-{req.method}-{req.budget}")
             trained = train_and_measure(base, data, extra, mode, seed, settings)
-        result = _seed_result(req, mode, seed, base, data.class_names, trained)
+            control = controls.get(mode, seed, len(req.subset))
+        result = _seed_result(req, mode, seed, base, data.class_names, trained, control)
         log.info(
-            "owner=%s request_id=%s %s seed=%d: D_hard-eval %.3f (%+.3f), test %.3f (%+.3f)",
+            "owner=%s request_id=%s %s seed=%d: D_hard-eval %.3f (%+.3f vs control), "
+            "test %.3f (%+.3f)",
             *(name, req.request_id, mode, seed, result.dhard_accuracy, result.dhard_gain),
             *(result.test_accuracy, result.test_gain),
         )

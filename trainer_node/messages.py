@@ -84,6 +84,13 @@ class SelectSummaryInfo:
     missing_classes: tuple[int, ...]
     shortfall_reason: str
 
+    @property
+    def selection_seconds(self) -> float:
+        """The owner's own time: its "total" step when reported, else the sum of its steps."""
+        if "total" in self.timings:
+            return float(self.timings["total"])
+        return float(sum(self.timings.values()))
+
 
 @dataclass(frozen=True)
 class OwnerSubset:

@@ -25,6 +25,7 @@ from trainer_node.baseline import (
 )
 from trainer_node.config import FULL_METHOD, TrainerConfig, load_config
 from trainer_node.evaluate import evaluate_owners, per_class_list, routing_of
+from trainer_node.html_report import HTML_NAME, write_html
 from trainer_node.report import (
     Baseline as BaselineReport,
 )
@@ -89,6 +90,7 @@ def _settings(cfg: TrainerConfig) -> Settings:
         rank_by={"method": method, "budget": budget, "training_mode": t.modes[0]},
         epochs=t.epochs,
         finetune_epochs=t.finetune_epochs or t.epochs,
+        oversample_to=t.oversample_to,
         batch_size=t.batch_size,
         lr=t.lr,
         replay_fraction=t.replay_fraction,
@@ -197,6 +199,8 @@ def run_trainer(
     )
     path = write_report(report, Path(config.run_dir) / REPORT_NAME)
     _emit(progress, "report", f"wrote {path}")
+    html = write_html(report.to_dict(), path.with_name(HTML_NAME))  # the page, next to the JSON
+    _emit(progress, "report", f"wrote {html}")
     if print_table:
         print_summary(report.to_dict())
     return report
@@ -205,5 +209,8 @@ def run_trainer(
 def run_trainer_from_path(path: str | Path, progress: ProgressFn | None = None) -> int:
     """CLI entry: 0 when at least one owner was ranked, 1 when none could be. User errors
     (MycroftError) propagate: the CLI prints their one-line message."""
-    report = run_trainer(load_config(path), progress=progress, print_table=True)
+    from mycroft.progress import StageBars
+
+    with StageBars() as bars:
+        report = run_trainer(load_config(path), progress=progress or bars, print_table=True)
     return 0 if report.ranking else 1

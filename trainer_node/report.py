@@ -71,6 +71,7 @@ class Settings:
     shared_fraction: float
     dhard_seed: int
     selection_seed: int
+    oversample_to: int = 0  # subsets repeated up to this many rows per fine-tuning epoch
 
 
 @dataclass
@@ -143,6 +144,11 @@ class SeedResult:
     new_rows_charged: int
     dhard_accuracy: float | None
     test_accuracy: float
+    # The control: the same training schedule with the owner's rows replaced by the trainer's
+    # own. Gains are measured against it, not against the baseline, because D_hard is the
+    # baseline's own mistakes and any further training fixes some of them by chance.
+    control_dhard_accuracy: float | None
+    control_test_accuracy: float
     dhard_gain: float | None
     test_gain: float
     per_class_accuracy: list[float | None]

@@ -79,7 +79,7 @@ def _request_record(req: RequestOutcome, class_names: tuple[str, ...]) -> Reques
     rec.replayed = s.replayed
     rec.attempts = sub.attempts
     rec.transfer_seconds = sub.seconds
-    rec.selection_seconds = float(sum(s.timings.values()))
+    rec.selection_seconds = s.selection_seconds
     rec.timings = dict(s.timings)
     rec.received_per_class = [int(c) for c in counts]
     rec.missing_classes = [

@@ -1,0 +1,335 @@
+"""Many trainers against one owner: requests per second, latency, errors by status code.
+
+One owner process (20,000 synthetic float32 rows of 784 features, a tiny uploaded MoE model)
+serves 16, 32 and 64 concurrent trainers, each a distinct identity with its own bearer token
+from the owner's config and its own channel. Trainers run as threads in two client processes
+(spawned, so clients do not share one GIL) and loop for a fixed duration: Select with a fresh
+request id, budget 32, an embeddings-only D_hard of 50 rows, method "feature" or "random"
+alternating. A refused call (UNAVAILABLE, RESOURCE_EXHAUSTED) is counted and followed by the
+trainer client's first back-off (0.5 s) before the next call, as `OwnerClient` would do.
+
+Each level runs twice: with the owner's default [owner] settings, and with the pool sized for
+the number of trainers (selection_queue = trainers; see the doc section for why).
+
+    .venv/bin/python bench/load.py [--quick] [--seconds 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import os
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+# bench/ holds a moe.py: keep that folder off the path so `import moe` finds the package.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
+sys.path.insert(0, str(ROOT))
+
+from bench._grpc_bench import Stats, owner_mapping, server, token_for  # noqa: E402
+from bench._report import write_section  # noqa: E402
+from mycroft import wire  # noqa: E402
+from mycroft.v1 import owner_pb2 as pb  # noqa: E402
+from mycroft.v1 import owner_pb2_grpc as pb_grpc  # noqa: E402
+
+ROWS, FEATURES, CLASSES, EMBED_DIM = 20_000, 784, 10, 32
+BUDGET, HARD_ROWS, BACKOFF = 32, 50, 0.5
+CLIENT_PROCS = 2
+REFUSED = {"UNAVAILABLE", "RESOURCE_EXHAUSTED"}
+
+
+@dataclass(frozen=True)
+class OwnerSettings:
+    label: str
+    max_workers: int
+    selection_workers: int
+    selection_queue: int
+
+    @property
+    def max_concurrent_rpcs(self) -> int:
+        return self.max_workers * 4  # what owner_node.server.build_server sets
+
+    def table(self) -> dict[str, int]:
+        return {
+            "max_workers": self.max_workers,
+            "selection_workers": self.selection_workers,
+            "selection_queue": self.selection_queue,
+        }
+
+
+@dataclass(frozen=True)
+class Call:
+    start: float  # seconds since the common start
+    latency: float
+    code: str  # "OK" or the gRPC status name
+    method: str
+    trainer: str
+    detail: str = ""  # the status message of a failed call
+
+
+def settings_for(trainers: int) -> list[OwnerSettings]:
+    default = OwnerSettings("default", 16, 2, 6)
+    # Every selection, queued or running, holds a gRPC handler thread while it waits, and the
+    # config keeps 2 more threads free for Describe/health: max_workers >= workers + queue + 2.
+    sized = OwnerSettings("sized", trainers + 8, 2, trainers)
+    return [default, sized]
+
+
+def model_bytes(seed: int = 0) -> bytes:
+    """A tiny untrained MoE for rows of (784,): enough to embed rows for feature matching."""
+    from moe.config import ModelConfig
+    from moe.io import model_to_bytes
+    from moe.model import build_model
+
+    cfg = ModelConfig(
+        input_shape=(FEATURES,),
+        num_classes=CLASSES,
+        class_names=tuple(f"c{i}" for i in range(CLASSES)),
+        stem="mlp",
+        stem_dim=32,
+        embed_dim=EMBED_DIM,
+        num_experts=2,
+        top_k=1,
+        expert_hidden=32,
+    )
+    return model_to_bytes(build_model(cfg, seed=seed))
+
+
+def _meta(trainer: str) -> tuple[tuple[str, str], ...]:
+    return (("authorization", f"Bearer {token_for(trainer)}"),)
+
+
+def _request(method: str, sha: str, seed: int, hard: pb.EmbeddedHardSet) -> pb.SelectRequest:
+    return pb.SelectRequest(
+        request_id=f"l-{uuid.uuid4().hex}",
+        method=method,
+        budget=BUDGET,
+        model_sha256=sha if method == "feature" else "",
+        embedded=hard,
+        seed=seed,
+    )
+
+
+def hard_set(seed: int) -> pb.EmbeddedHardSet:
+    rng = np.random.default_rng(seed)
+    return pb.EmbeddedHardSet(
+        embeddings=wire.encode(rng.standard_normal((HARD_ROWS, EMBED_DIM), dtype=np.float32)),
+        labels=wire.encode(rng.integers(0, CLASSES, HARD_ROWS).astype(np.int64)),
+    )
+
+
+def select(stub: pb_grpc.DataOwnerStub, trainer: str, request: pb.SelectRequest) -> int:
+    rows = 0
+    for msg in stub.Select(request, metadata=_meta(trainer), timeout=30):
+        if msg.WhichOneof("payload") == "summary":
+            rows = msg.summary.rows_sent
+    return rows
+
+
+def upload(port: int, trainer: str, data: bytes) -> str:
+    import hashlib
+
+    sha = hashlib.sha256(data).hexdigest()
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+        stub = pb_grpc.DataOwnerStub(ch)
+        chunks = [
+            pb.ModelChunk(sha256=sha, total_size=len(data), data=data[i : i + 1 << 20])
+            if i == 0
+            else pb.ModelChunk(data=data[i : i + (1 << 20)])
+            for i in range(0, len(data), 1 << 20)
+        ]
+        stub.UploadModel(iter(chunks), metadata=_meta(trainer), timeout=60)
+        # Warm: the owner's embeddings and feature index are built once per model.
+        for method in ("feature", "random"):
+            select(stub, trainer, _request(method, sha, 0, hard_set(0)))
+    return sha
+
+
+def trainer_loop(port: int, trainer: str, sha: str, t0: float, seconds: float, out: list) -> None:
+    """One trainer: its own channel, Select until the window closes (bounded by time)."""
+    hard = hard_set(hash(trainer) % 1000)
+    first = int(trainer[1:]) % 2  # half the trainers start with "random"
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+        stub = pb_grpc.DataOwnerStub(ch)
+        grpc.channel_ready_future(ch).result(timeout=30)
+        time.sleep(max(0.0, t0 - time.time()))
+        i = 0
+        while time.time() < t0 + seconds:
+            method = ("feature", "random")[(i + first) % 2]
+            request = _request(method, sha, i, hard)
+            start = time.perf_counter()
+            code, detail = "OK", ""
+            try:
+                if select(stub, trainer, request) != BUDGET:
+                    code = "SHORT"  # fewer rows than asked: reported, never expected here
+            except grpc.RpcError as e:
+                code, detail = e.code().name, e.details() or ""
+            latency = time.perf_counter() - start
+            out.append(Call(time.time() - t0, latency, code, method, trainer, detail))
+            if code in REFUSED:
+                time.sleep(BACKOFF)
+            i += 1
+
+
+def client_process(port: int, trainers: list[str], sha: str, t0: float, seconds: float) -> list:
+    calls: list[Call] = []
+    threads = [
+        threading.Thread(target=trainer_loop, args=(port, t, sha, t0, seconds, calls))
+        for t in trainers
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return calls
+
+
+def run_level(trainers: int, s: OwnerSettings, seconds: float, tmp: Path, model: bytes) -> dict:
+    ids = [f"t{i:02d}" for i in range(trainers)]
+    mapping = owner_mapping(
+        str(tmp / f"{s.label}-{trainers}"), ids, cap=10**9, max_rows=128, **s.table()
+    )
+    mapping["selection"]["methods"] = ["feature", "random"]
+    spec = {"rows": ROWS, "features": FEATURES, "config": mapping}
+    load0 = os.getloadavg()[0]
+    with server("owner", spec) as port:
+        sha = upload(port, ids[0], model)
+        t0 = time.time() + 3.0  # time for every client to connect before the window opens
+        ctx = mp.get_context("spawn")
+        with ProcessPoolExecutor(CLIENT_PROCS, mp_context=ctx) as pool:
+            futures = [
+                pool.submit(client_process, port, ids[k::CLIENT_PROCS], sha, t0, seconds)
+                for k in range(CLIENT_PROCS)
+            ]
+            calls: list[Call] = [c for f in futures for c in f.result()]
+    ok = [c for c in calls if c.code == "OK"]
+    window = max(seconds, max((c.start + c.latency for c in calls), default=seconds))
+    codes = Counter(c.code for c in calls if c.code != "OK")
+    details = {c.code: c.detail for c in calls if c.code != "OK"}  # one message per code
+    return {
+        "trainers": trainers,
+        "config": s.label,
+        "owner": {**s.table(), "max_concurrent_rpcs": s.max_concurrent_rpcs},
+        "seconds": window,
+        "calls": len(calls),
+        "ok": len(ok),
+        "rps": len(ok) / window,
+        "latency_s": Stats.of([c.latency for c in ok]).to_dict(),
+        "latency_feature_s": Stats.of([c.latency for c in ok if c.method == "feature"]).to_dict(),
+        "latency_random_s": Stats.of([c.latency for c in ok if c.method == "random"]).to_dict(),
+        "errors": dict(codes),
+        "refused_latency_s": Stats.of([c.latency for c in calls if c.code in REFUSED]).to_dict(),
+        "error_details": details,
+        "trainers_served": len({c.trainer for c in ok}),
+        "load_avg": load0,
+    }
+
+
+def markdown(results: list[dict], seconds: float, total: float) -> str:
+    lines = [
+        "## Concurrent trainers (one owner, loopback)",
+        "",
+        f"One owner process with {ROWS:,} synthetic rows of {FEATURES} float32 features, "
+        f"{CLASSES} classes, a tiny uploaded MoE (embed dim {EMBED_DIM}); N distinct trainers "
+        "(own token each, from the owner's config) in 2 client processes, each with its own "
+        f"channel, calling Select for {seconds:.0f} s: budget {BUDGET}, embeddings-only D_hard "
+        f'of {HARD_ROWS} rows, "feature" and "random" alternating, fresh request id each call. '
+        f"Refused calls are followed by a {BACKOFF} s back-off (the trainer client's first "
+        "retry wait). Latency is of successful calls.",
+        "",
+        "| trainers | owner config (workers / selection workers / queue / max RPCs) | req/s | "
+        "p50 ms | p99 ms | feature p50 | random p50 | calls | trainers served | errors |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        o = r["owner"]
+        errs = ", ".join(f"{k} {v}" for k, v in sorted(r["errors"].items())) or "none"
+        lat = r["latency_s"]
+        lines.append(
+            f"| {r['trainers']} | {r['config']}: {o['max_workers']} / {o['selection_workers']} / "
+            f"{o['selection_queue']} / {o['max_concurrent_rpcs']} | {r['rps']:.0f} | "
+            f"{lat['p50'] * 1e3:.0f} | {lat['p99'] * 1e3:.0f} | "
+            f"{r['latency_feature_s']['p50'] * 1e3:.0f} | "
+            f"{r['latency_random_s']['p50'] * 1e3:.0f} | {r['calls']} | "
+            f"{r['trainers_served']}/{r['trainers']} | {errs} |"
+        )
+    refused = [r["refused_latency_s"]["p50"] for r in results if r["errors"]]
+    codes = sorted({c for r in results for c in r["errors"]})
+    lines += ["", _notes(codes, refused)]
+    lines += [
+        "",
+        f"Machine: {os.cpu_count()} cores shared with other jobs (1-min load average at each "
+        "level's start is in the JSON); the owner and both client processes share them. "
+        f"Whole run {total:.0f} s. Run: `.venv/bin/python bench/load.py` (`--quick` for a "
+        "smoke run).",
+    ]
+    return "\n".join(lines)
+
+
+def _notes(codes: list[str], refused_p50: list[float]) -> str:
+    """Why the errors are what they are (the numbers come from this run)."""
+    seen = ", ".join(codes) or "none"
+    fast = f" (answered in {min(refused_p50) * 1e3:.0f}–{max(refused_p50) * 1e3:.0f} ms p50)"
+    return (
+        f"Errors seen: {seen}. With the default [owner] settings only selection_workers + "
+        "selection_queue = 8 selections may be in flight; a Select beyond that is refused at "
+        'once with UNAVAILABLE ("the owner is busy with other selections; retry shortly")'
+        + (fast if refused_p50 else "")
+        + ". That is the intended back-pressure, not a fault: it happens before anything is "
+        "selected or charged, UNAVAILABLE is the status the trainer client retries with "
+        "back-off reusing the request id, and served calls keep a short latency. No "
+        "RESOURCE_EXHAUSTED appears because gRPC's concurrent-RPC cap is 4 × max_workers, "
+        "at least the number of trainers here. The 'sized' rows are tuned for the benchmark "
+        "only: selection_queue = trainers and max_workers = trainers + 8 (the config requires "
+        "max_workers ≥ selection workers + queue + 2), what an operator expecting that many "
+        "concurrent trainers would set. Then every call is served and none fails, but the "
+        "2 shared cores stay the limit: throughput does not rise (it drops a little, as every "
+        "trainer's calls now compete for the cores instead of idling in back-off) and the "
+        "wait moves into queueing latency (p50 grows with the number of trainers, as Little's law predicts)."
+    )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="16 trainers, a few seconds (smoke run)")
+    ap.add_argument("--seconds", type=float, default=None, help="window per level (default 20)")
+    ap.add_argument("--no-write", action="store_true", help="print, do not write the doc")
+    args = ap.parse_args()
+    seconds = args.seconds or (3.0 if args.quick else 20.0)
+    levels = [16] if args.quick else [16, 32, 64]
+    started = time.perf_counter()
+    model = model_bytes()
+    results = []
+    with tempfile.TemporaryDirectory(prefix="mycroft-load-") as tmp:
+        for n in levels:
+            for s in settings_for(n):
+                r = run_level(n, s, seconds, Path(tmp), model)
+                results.append(r)
+                print(
+                    f"{n} trainers, {s.label}: {r['rps']:.0f} req/s, p50 "
+                    f"{r['latency_s']['p50'] * 1e3:.0f} ms, p99 "
+                    f"{r['latency_s']['p99'] * 1e3:.0f} ms, errors {r['errors'] or 'none'}",
+                    flush=True,
+                )
+    total = time.perf_counter() - started
+    md = markdown(results, seconds, total)
+    if args.no_write:
+        print(md)
+        return
+    write_section("load", md, {"seconds": seconds, "quick": args.quick, "results": results})
+    print(md)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,168 @@
+"""Markdown tables and the plot for the quality bench (from quality_stats.summarise output)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from bench.quality_core import FULL
+
+OURS = ("feature", "gradient", "funcfeat")
+
+
+def pct(x: float | None, digits: int = 1) -> str:
+    return "–" if x is None else f"{100 * x:.{digits}f}"
+
+
+def ci(stat: dict[str, Any] | None, scale: float = 100.0) -> str:
+    if stat is None:
+        return "–"
+    half = stat["ci95_half"]
+    m = f"{scale * stat['mean']:.1f}"
+    return m if half is None else f"{m} ± {scale * half:.1f}"
+
+
+def ratio(x: float | None) -> str:
+    return "–" if x is None else f"{x:.2f}×"
+
+
+def budget_label(share: float | None, rows: int) -> str:
+    return f"full ({rows})" if share is None else f"{100 * share:g}% ({rows})"
+
+
+class Index:
+    def __init__(self, summary: dict[str, Any]) -> None:
+        self.s = summary
+        self.by = {(r["owner"], r["method"], r["budget_share"]): r for r in summary["rows"]}
+
+    def get(self, owner: str, method: str, share: float | None) -> dict[str, Any]:
+        return self.by[(owner, method, share)]
+
+    def best(self, owner: str, share: float) -> str:
+        """Our best method at this budget for this owner, by mean D_hard gain."""
+        ours = [m for m in OURS if (owner, m, share) in self.by] or ["random"]
+        return max(ours, key=lambda m: self.get(owner, m, share)["dhard_gain"]["mean"])
+
+    def agreement(self, method: str, share: float) -> dict[str, Any]:
+        return next(
+            a for a in self.s["agreement"] if a["method"] == method and a["budget_share"] == share
+        )
+
+
+def owner_table(ix: Index, owner: str, methods, budgets, metric: str) -> str:
+    head = "| budget (rows) | " + " | ".join(methods) + " |"
+    lines = [head, "|" + "---|" * (len(methods) + 1)]
+    for share in budgets:
+        rows = ix.get(owner, methods[0], share)["rows"]
+        cells = [ci(ix.get(owner, m, share)[metric]) for m in methods]
+        lines.append(f"| {budget_label(share, rows)} | " + " | ".join(cells) + " |")
+    full = ix.get(owner, FULL, None)
+    lines.append(
+        f"| {budget_label(None, full['rows'])} | {ci(full[metric])} (full information) |"
+        + " |" * (len(methods) - 1)
+    )
+    return "\n".join(lines)
+
+
+def recovery_table(ix: Index, owner: str, methods, budgets) -> str:
+    lines = [
+        "| budget | " + " | ".join(f"{m}: % of full / × random" for m in methods) + " |",
+        "|" + "---|" * (len(methods) + 1),
+    ]
+    for share in budgets:
+        cells = []
+        for m in methods:
+            r = ix.get(owner, m, share)
+            rec = r["recovered_per_seed"]
+            cells.append(f"{ci(rec, 100.0)}% / {ratio(r['x_random'])}")
+        lines.append(f"| {100 * share:g}% | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def agreement_table(ix: Index, methods, budgets) -> str:
+    lines = [
+        "| budget | " + " | ".join(f"{m} ρ / τ" for m in methods) + " |",
+        "|" + "---|" * (len(methods) + 1),
+    ]
+    for share in budgets:
+        cells = []
+        for m in methods:
+            a = ix.agreement(m, share)
+            rho, tau = a["spearman"], a["kendall_tau"]
+            cells.append(
+                f"{'–' if rho is None else f'{rho:.2f}'} / {'–' if tau is None else f'{tau:.2f}'}"
+            )
+        lines.append(f"| {100 * share:g}% | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def owners_table(ix: Index, owners: list[str], methods, share: float) -> str:
+    cols = list(methods) + [FULL]
+    lines = [
+        "| owner | " + " | ".join(cols) + " | best ours | clean rows: random / best ours |",
+        "|" + "---|" * (len(cols) + 3),
+    ]
+    for o in owners:
+        cells = [ci(ix.get(o, m, share)["dhard_gain"]) for m in methods]
+        cells.append(ci(ix.get(o, FULL, None)["dhard_gain"]))
+        best = ix.best(o, share)
+        b, r = ix.get(o, best, share), ix.get(o, "random", share)
+        clean = f"{pct(r['clean_share'], 0)}% / {pct(b['clean_share'], 0)}%"
+        lines.append(f"| {o} | " + " | ".join(cells) + f" | {best} | {clean} |")
+    return "\n".join(lines)
+
+
+def timing_table(ix: Index, owner: str, methods, budgets, embed_seconds: float) -> str:
+    lines = ["| budget | " + " | ".join(methods) + " |", "|" + "---|" * (len(methods) + 1)]
+    for share in budgets:
+        cells = [f"{1000 * ix.get(owner, m, share)['select_seconds']:.1f}" for m in methods]
+        lines.append(f"| {100 * share:g}% | " + " | ".join(cells) + " |")
+    lines.append(
+        f"\nEmbedding owner (a)'s rows with the scoring checkpoint: {embed_seconds:.2f} s."
+    )
+    return "\n".join(lines)
+
+
+def plot(ix: Index, owners: list[str], methods, budgets, headline: float, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    a = owners[0]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for m in methods:
+        rs = [ix.get(a, m, s) for s in budgets]
+        x = [r["rows"] for r in rs]
+        y = [100 * r["dhard_accuracy"]["mean"] for r in rs]
+        err = [100 * (r["dhard_accuracy"]["ci95_half"] or 0.0) for r in rs]
+        left.errorbar(x, y, yerr=err, marker="o", capsize=3, label=m)
+    full = ix.get(a, FULL, None)["dhard_accuracy"]
+    left.axhline(100 * full["mean"], color="k", ls="--", label=f"full information ({a})")
+    left.set_xscale("log")
+    left.set_xlabel(f"budget (rows of {a})")
+    left.set_ylabel("accuracy on held-out D_hard (%)")
+    left.set_title(f"Owner {a}: D_hard accuracy vs budget (mean ± 95% CI)")
+    left.legend(fontsize=8)
+    cols = list(methods) + [FULL]
+    width = 0.8 / len(cols)
+    for j, m in enumerate(cols):
+        share = None if m == FULL else headline
+        g = [ix.get(o, m, share)["dhard_gain"] for o in owners]
+        right.bar(
+            [i + (j - len(cols) / 2 + 0.5) * width for i in range(len(owners))],
+            [100 * s["mean"] for s in g],
+            width,
+            yerr=[100 * (s["ci95_half"] or 0.0) for s in g],
+            capsize=2,
+            label=m if m == FULL else f"{m} @ {100 * headline:g}%",
+        )
+    right.set_xticks(range(len(owners)), owners, rotation=15, fontsize=8)
+    right.set_ylabel("D_hard accuracy gain (points)")
+    right.set_title("Gain per owner")
+    right.axhline(0, color="k", lw=0.5)
+    right.legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

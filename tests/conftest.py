@@ -1,0 +1,106 @@
+"""Shared fixtures. `real_report` is one small but real trainer run, shared by the report tests.
+
+Three in-process owner servers on loopback gRPC plus a fourth owner pointed at a dead address,
+digits, a tiny MoE, 1 epoch, two budgets (so the budget plot exists), two seeds (so gains have
+error bars) and full information (so the agreement section exists). Built once per session.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+REAL_RUN_TOKEN = "report-fixture-token-0123456789"
+REAL_RUN_SCARCE = [3, 8]  # classes the trainer barely has: its D_hard
+
+
+# Few, small steps: one epoch at batch 16 still moves the tiny model off chance, so the gains
+# and plots are not all zero.
+REAL_RUN_TRAINING: dict[str, Any] = {
+    "epochs": 1,
+    "batch_size": 16,
+    "lr": 1e-2,
+    "seeds": 2,
+    "num_threads": 1,
+}
+
+
+def build_real_run(tmp: Path, training: dict[str, Any] | None = None) -> Path:
+    """Serve three owners, run the trainer against them and a dead address; the report path."""
+    from mycroft.data import Digits, save_npz
+    from owner_node.config import parse_config as owner_config
+    from owner_node.server import build_server
+    from trainer_node.config import parse_config as trainer_config
+    from trainer_node.pipeline import REPORT_NAME, run_trainer
+
+    train, test = Digits().load("train"), Digits().load("test")
+    perm = np.random.default_rng(0).permutation(len(train))
+    mine = train.subset(perm[:400])
+    keep = ~np.isin(mine.labels, REAL_RUN_SCARCE) | (np.arange(len(mine)) % 6 == 0)
+    save_npz(mine.subset(np.flatnonzero(keep), "trainer"), tmp / "train.npz")
+    save_npz(test.subset(np.arange(150), "test"), tmp / "test.npz")
+    # Owners of different worth: rich in the scarce classes, a generic slice, none of them.
+    pool = train.subset(perm[400:1000])
+    scarce = np.flatnonzero(np.isin(pool.labels, REAL_RUN_SCARCE))
+    other = np.flatnonzero(~np.isin(pool.labels, REAL_RUN_SCARCE))
+    parts = {
+        "rich": np.concatenate([scarce[:40], other[:40]]),
+        "mixed": np.arange(200, 280),
+        "useless": other[100:180],
+    }
+    owners: list[dict[str, Any]] = []
+    with contextlib.ExitStack() as stack:
+        for name, idx in parts.items():
+            cfg = owner_config(
+                {
+                    "owner": {"name": name, "listen": "127.0.0.1:0", "state_dir": f"state-{name}"},
+                    "data": {"source": "digits"},
+                    "budget": {"default_cap": 1000, "max_rows_per_request": 500},
+                    "trainers": [{"id": "t1", "token": REAL_RUN_TOKEN}],
+                    "selection": {"allow_full": True},
+                },
+                base_dir=tmp,
+            )
+            server, port = build_server(cfg, pool.subset(idx, name))
+            server.start()
+            stack.callback(lambda s=server: s.stop(grace=0.5).wait(10))
+            owners.append({"name": name, "address": f"127.0.0.1:{port}"})
+        owners.append({"name": "dead", "address": "127.0.0.1:1", "deadline_seconds": 2})
+        raw = {
+            "trainer": {"id": "t1", "run_dir": "run", "run_id": "report-fixture"},
+            "data": {"train": "train.npz", "test": "test.npz", "val_fraction": 0.4},
+            "model": {
+                "gate": "topk",
+                "num_experts": 2,
+                "top_k": 1,
+                "embed_dim": 8,
+                "stem_dim": 16,
+                "conv_channels": 4,
+                "expert_hidden": 16,
+            },
+            "training": training or REAL_RUN_TRAINING,
+            "dhard": {"classes": ["3", "8"]},
+            "selection": {"methods": ["feature", "random", "full"], "budgets": [4, 8]},
+            "owners": [{**o, "token": REAL_RUN_TOKEN} for o in owners],
+            "client": {"retries": 0, "backoff": 0.05, "concurrency": 4},
+        }
+        config = trainer_config(raw, base_dir=tmp)
+        run_trainer(config)
+    return Path(config.run_dir) / REPORT_NAME
+
+
+@pytest.fixture(scope="session")
+def real_report_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Path of a report.json written by `run_trainer` against real owners (schema-validated)."""
+    return build_real_run(tmp_path_factory.mktemp("real_run"))
+
+
+@pytest.fixture(scope="session")
+def real_report(real_report_path: Path) -> dict[str, Any]:
+    """The real run's report as a dict; tests must copy it before changing it."""
+    return json.loads(real_report_path.read_text(encoding="utf-8"))

@@ -1,0 +1,391 @@
+"""The trainer's report as one self-contained HTML page (`mycroft report RUN.json`).
+
+Everything is inline: CSS in a <style> block, charts as base64 PNG data URIs (trainer_node.plots),
+no scripts and no external URLs, so the file can be mailed or archived and opens offline. Every
+string taken from the report goes through `esc`: owner names and error messages come from the
+network and must not become markup.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Collection
+from pathlib import Path
+from typing import Any
+
+from mycroft.errors import DataError
+from trainer_node import plots
+from trainer_node.report import SCHEMA_VERSION, validate_report
+
+log = logging.getLogger("mycroft.report")
+
+HTML_NAME = "report.html"
+
+CSS = """
+body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: #1f2933;
+       margin: 0 auto; padding: 1.5em 2em 3em; max-width: 1100px; }
+h1 { font-size: 1.5em; margin: 0 0 .2em; } h2 { font-size: 1.15em; margin: 1.8em 0 .5em;
+     border-bottom: 1px solid #d9e2ec; padding-bottom: .2em; }
+.sub { color: #52606d; margin: 0 0 1em; }
+table { border-collapse: collapse; margin: .4em 0 .8em; }
+th, td { border-bottom: 1px solid #e4e7eb; padding: .3em .7em; text-align: left;
+         vertical-align: top; }
+th { background: #f5f7fa; font-weight: 600; white-space: nowrap; }
+td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; }
+tr.failed td { color: #8a1c1c; }
+.pos { color: #1d6b3a; } .neg { color: #a11d2a; }
+.kv { display: grid; grid-template-columns: repeat(auto-fill, minmax(330px, 1fr));
+      gap: .25em 2em; }
+.kv div { overflow-wrap: anywhere; }
+.kv b { color: #52606d; font-weight: 500; }
+.err { font-family: ui-monospace, Menlo, Consolas, monospace; font-size: 12px;
+       white-space: pre-wrap; word-break: break-word; max-width: 700px; }
+figure { margin: .6em 0 1.2em; } figure img { max-width: 100%; height: auto; }
+figcaption { color: #52606d; font-size: 12.5px; max-width: 900px; }
+.note { color: #52606d; font-size: 12.5px; }
+"""
+
+
+def esc(value: Any) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def pct(x: float | None, signed: bool = False) -> str:
+    if x is None:
+        return "–"
+    return f"{100 * x:+.1f}" if signed else f"{100 * x:.1f}"
+
+
+def _signed_cell(x: float | None, extra: str = "") -> str:
+    cls = "" if x is None or abs(x) < 5e-4 else ("pos" if x > 0 else "neg")
+    return f'<td class="num {cls}">{pct(x, True)}{extra}</td>'
+
+
+def _table(
+    head: list[str], rows: list[str], num_cols: Collection[int] = (), table_id: str | None = None
+) -> str:
+    """`head` is trusted markup (our own column names); `rows` are already-escaped <tr>s."""
+    ths = "".join(
+        f'<th class="num">{h}</th>' if i in num_cols else f"<th>{h}</th>"
+        for i, h in enumerate(head)
+    )
+    tid = f' id="{table_id}"' if table_id else ""
+    return f"<table{tid}><thead><tr>{ths}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+
+
+def _figure(uri: str | None, alt: str, caption: str, empty: str = "") -> str:
+    """An embedded chart; `empty` (a note, or nothing) when there was nothing to draw."""
+    if uri is None:
+        return f'<p class="note">{esc(empty)}</p>' if empty else ""
+    return f'<figure><img src="{uri}" alt="{esc(alt)}"><figcaption>{caption}</figcaption></figure>'
+
+
+def _header(r: dict[str, Any]) -> str:
+    d, m, s, b = r["data"], r["model"], r["settings"], r["baseline"]
+    method, budget, mode = plots.primary(r)
+    items = [
+        ("trainer", r["trainer_id"]),
+        ("created", r["created_at"]),
+        (
+            "data",
+            f"{d['name']} ({d['train_rows']} train / {d['val_rows']} val / "
+            f"{d['test_rows']} test, shape {'×'.join(map(str, d['input_shape']))})",
+        ),
+        (
+            "model",
+            f"{m['gate']} gate, {m['num_experts']} experts, top_k {m['top_k']}, "
+            f"embed {m['embed_dim']}, {m['size_bytes'] / 1024:.0f} KiB",
+        ),
+        ("model sha256", m["sha256"][:16] + "…"),
+        ("methods", ", ".join(s["methods"])),
+        ("budgets", ", ".join(map(str, s["budgets"]))),
+        ("seeds", ", ".join(map(str, s["seeds"]))),
+        ("ranked by", f"{method} @ {budget}, {mode}"),
+        ("selection mode", s["selection_mode"]),
+        (
+            "training",
+            f"{'/'.join(s['training_modes'])}, {s['epochs']} epochs "
+            f"(finetune {s['finetune_epochs']}), batch {s['batch_size']}, lr {s['lr']:g}"
+            + (
+                f", subsets oversampled to {s['oversample_to']} rows"
+                if s.get("oversample_to")
+                else ""
+            ),
+        ),
+        ("D_hard classes", ", ".join(r["dhard"]["classes"]) or "none"),
+        (
+            "D_hard rows",
+            f"{r['dhard']['shared_total']} shared, {r['dhard']['eval_total']} "
+            "held out for evaluation",
+        ),
+        (
+            "baseline",
+            f"test {pct(b['test_accuracy'])}%, D_hard-eval "
+            f"{pct(b['dhard_eval_accuracy'])}%, val {pct(b['val_accuracy'])}%",
+        ),
+        ("schema", r["schema_version"]),
+        ("wall time", f"{r['timings']['total_seconds']:.1f} s"),
+    ]
+    kv = "".join(f"<div><b>{esc(k)}:</b> {esc(v)}</div>" for k, v in items)
+    return (
+        f"<h1>Mycroft run {esc(r['run_id'])}</h1>"
+        '<p class="sub">Owners ranked by how much their budgeted rows fix the trainer\'s '
+        "failures (utility gain on the held-out part of D_hard).</p>"
+        f'<div class="kv">{kv}</div>'
+    )
+
+
+def _request_for(owner: dict[str, Any], method: str, budget: int) -> dict[str, Any] | None:
+    return next(
+        (q for q in owner["requests"] if (q["method"], q["budget"]) == (method, budget)), None
+    )
+
+
+def _ranking(r: dict[str, Any]) -> str:
+    owners = {o["name"]: o for o in r["owners"]}
+    rows = []
+    for e in r["ranking"]:
+        ci = e["ci95"]
+        ci_text = f" [{pct(ci[0], True)}, {pct(ci[1], True)}]" if ci else ""
+        q = _request_for(owners[e["owner"]], e["method"], e["budget"])
+        got = f"{q['rows_received']} / {q['rows_requested']}" if q else "–"
+        rows.append(
+            f'<tr class="ranked" data-rank="{e["rank"]}"><td class="num">{e["rank"]}</td>'
+            f'<td class="owner">{esc(e["owner"])}</td>'
+            f"<td>{esc(e['method'])} @ {e['budget']} ({esc(e['training_mode'])})</td>"
+            + _signed_cell(e["dhard_gain_mean"], esc(ci_text))
+            + _signed_cell(e["test_gain_mean"])
+            + f'<td class="num">{got}</td><td class="num">{e["n"]}</td></tr>'
+        )
+    for o in r["owners"]:
+        if o["status"] != "ok":
+            note = f"failed ({o['error_code'] or 'error'})"
+        elif o["rank"] is None:
+            note = "not ranked: no result for the ranking setting"
+        else:
+            continue
+        rows.append(
+            f'<tr class="failed"><td class="num">–</td><td class="owner">{esc(o["name"])}'
+            f'</td><td colspan="5">{esc(note)}</td></tr>'
+        )
+    head = [
+        "rank",
+        "owner",
+        "setting",
+        "D_hard gain, pp [95% CI]",
+        "test change, pp",
+        "rows received / asked",
+        "seeds",
+    ]
+    b = r["baseline"]
+    return (
+        '<h2 id="ranking">Ranking</h2>'
+        + _table(head, rows, {0, 3, 4, 5, 6}, table_id="ranking-table")
+        + f'<p class="note">Gains are percentage points over the baseline (D_hard-eval '
+        f"{pct(b['dhard_eval_accuracy'])}%, test {pct(b['test_accuracy'])}%), mean over seeds; "
+        "the 95% CI is over seeds.</p>"
+    )
+
+
+def _budget_table(r: dict[str, Any]) -> str:
+    rows = []
+    for o in r["owners"]:
+        bud = o["budget"]
+        ok = [q for q in o["requests"] if q["status"] == "ok"]
+        cells = [bud["cap"], bud["used"], bud["left"]] if bud else ["–"] * 3
+        cells += [
+            f"{len(ok)} / {len(o['requests'])}",
+            sum(q["rows_requested"] for q in o["requests"]),
+            sum(q["rows_received"] for q in ok),
+            sum(q["new_rows_charged"] for q in ok),
+        ]
+        short = sorted({c for q in o["requests"] for c in q["missing_classes"]})
+        rows.append(
+            f"<tr><td>{esc(o['name'])}</td>"
+            + "".join(f'<td class="num">{esc(c)}</td>' for c in cells)
+            + f"<td>{esc(', '.join(short)) or '–'}</td></tr>"
+        )
+    head = [
+        "owner",
+        "cap",
+        "used",
+        "left",
+        "requests ok",
+        "rows asked",
+        "rows received",
+        "newly charged",
+        "D_hard classes missing",
+    ]
+    return _table(head, rows, set(range(1, 8)))
+
+
+def _failures(r: dict[str, Any]) -> str:
+    rows = []
+    for o in r["owners"]:
+        if o["status"] != "ok":
+            rows.append(
+                f'<tr class="failed"><td>{esc(o["name"])}</td><td>{esc(o["address"])}</td>'
+                f"<td>whole owner</td><td>{esc(o['error_code'] or '–')}</td>"
+                f'<td class="err">{esc(o["error"] or "")}</td></tr>'
+            )
+        for q in o["requests"]:
+            if q["status"] != "ok":
+                rows.append(
+                    f'<tr class="failed"><td>{esc(o["name"])}</td>'
+                    f"<td>{esc(o['address'])}</td>"
+                    f"<td>{esc(q['method'])} @ {q['budget']}</td>"
+                    f"<td>{esc(q['error_code'] or '–')}</td>"
+                    f'<td class="err">{esc(q["error"] or "")}</td></tr>'
+                )
+    if not rows:
+        return '<h2 id="failures">Failures</h2><p class="note">No owner or request failed.</p>'
+    head = ["owner", "address", "what failed", "code", "message"]
+    return (
+        '<h2 id="failures">Failures</h2>'
+        + _table(head, rows, table_id="failures-table")
+        + '<p class="note">Failed owners are left out of the ranking; the run went on '
+        "without them.</p>"
+    )
+
+
+def _agreement(r: dict[str, Any]) -> str:
+    fi = r["full_information"]
+    if not fi:
+        return ""
+    corr = lambda x: "n/a" if x is None else f"{x:.2f}"  # noqa: E731
+    rows = [
+        f"<tr><td>{esc(a['method'])} @ {a['budget']}</td><td>{esc(a['training_mode'])}</td>"
+        f'<td class="num">{a["n_owners"]}</td><td class="num">{corr(a["spearman"])}</td>'
+        f'<td class="num">{corr(a["kendall_tau"])}</td></tr>'
+        for a in fi["agreement"]
+    ]
+    order = ", ".join(f"{esc(n)} ({pct(fi['gains'].get(n), True)} pp)" for n in fi["ranking"])
+    return (
+        '<h2 id="agreement">Agreement with full information</h2>'
+        f'<p class="note">Full-information ranking ({esc(fi["training_mode"])}, every row of '
+        f"each owner; evaluation only): {order or '–'}. n/a: undefined when all gains tie.</p>"
+        + _table(["budgeted setting", "mode", "owners", "Spearman ρ", "Kendall τ"], rows, {2, 3, 4})
+    )
+
+
+def render_html(report: dict[str, Any]) -> str:
+    """The whole page for a (schema-valid) report dict."""
+    r = report
+    method, budget, mode = plots.primary(r)
+    best = r["ranking"][0]["owner"] if r["ranking"] else None
+    after = plots.routing_after(r)
+    mri = f"{r['baseline']['routing']['max_routing_imbalance']:.2f}"
+    mri_after = f" → {after[2]:.2f} with {esc(after[0])}'s rows" if after else ""
+    parts = [
+        _header(r),
+        _ranking(r),
+        '<h2 id="gains">Utility gain per owner</h2>',
+        _figure(
+            plots.gain_chart(r),
+            "utility gain per owner",
+            f"{esc(method)} @ {budget}, {esc(mode)}: bars are means over "
+            f"{len(r['settings']['seeds'])} seeds; error bars the 95% CI (D_hard) and "
+            "± one std (test set).",
+            empty="No owner could be ranked, so there is no gain to plot.",
+        ),
+        _figure(
+            plots.budget_chart(r),
+            "D_hard accuracy against budget",
+            "D_hard-eval accuracy after training with each budgeted subset; dashed: the "
+            "owner's full data, dotted: the baseline.",
+        ),
+        '<h2 id="per-class">Per-class accuracy</h2>' if best else "",
+        _figure(
+            plots.per_class_chart(r),
+            "per-class accuracy",
+            f"Test-set accuracy per class, baseline vs with the top owner "
+            f"({esc(best)})'s rows at {esc(method)} @ {budget}.",
+        ),
+        '<h2 id="routing">Routing balance</h2>',
+        _figure(
+            plots.routing_chart(r),
+            "routing balance",
+            f"Maximum Routing Imbalance {mri}{mri_after}; 1.00 is perfectly balanced.",
+        ),
+        '<h2 id="budget">Rows revealed per owner</h2>',
+        _figure(
+            plots.budget_use_chart(r),
+            "rows revealed against budget",
+            "Each owner's ledger for this trainer after the run: rows revealed (used) "
+            "against its cap. Replayed requests are not charged again.",
+        ),
+        _budget_table(r),
+        _failures(r),
+        _agreement(r),
+    ]
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>Mycroft report {esc(r['run_id'])}</title><style>{CSS}</style></head>"
+        f"<body>{''.join(parts)}</body></html>\n"
+    )
+
+
+def write_html(report: dict[str, Any], path: str | os.PathLike[str]) -> Path:
+    """Render and write atomically (temporary file in the same directory + rename)."""
+    text = render_html(report)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes it owner-only; a report is meant to be shared
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_report(run_json: str | os.PathLike[str]) -> dict[str, Any]:
+    """A report JSON checked against the schema; DataError naming the file (and JSON path)."""
+    p = Path(run_json)
+    try:
+        obj = json.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DataError(f"{p}: report file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"{p}: cannot read the report: {exc}") from None
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{p}: not valid JSON: {exc.msg} (line {exc.lineno})") from None
+    if not isinstance(obj, dict):
+        raise DataError(f"{p}: not a Mycroft report (the top level is not an object)")
+    version = obj.get("schema_version")
+    if str(version).split(".")[0] != SCHEMA_VERSION.split(".")[0]:
+        raise DataError(
+            f"{p}: schema_version {version!r} is not supported "
+            f"(this mycroft reads {SCHEMA_VERSION.split('.')[0]}.x)"
+        )
+    try:
+        import jsonschema
+    except ImportError:  # a test extra in pyproject today; the CLI still must not traceback
+        raise DataError(
+            f"{p}: validating a report needs jsonschema (pip install jsonschema)"
+        ) from None
+    try:
+        validate_report(obj)
+    except jsonschema.ValidationError as err:
+        msg = err.message if len(err.message) <= 200 else err.message[:200] + "…"
+        raise DataError(f"{p}: invalid report at {err.json_path}: {msg}") from None
+    return obj
+
+
+def render_report_file(run_json: str, out: str | None = None) -> int:
+    """CLI entry (`mycroft report RUN.json [--out X]`): validate, render, write; 0 on success."""
+    report = read_report(run_json)
+    path = write_html(report, out if out else Path(run_json).with_name(HTML_NAME))
+    log.info("wrote %s", path)
+    print(path)
+    return 0
