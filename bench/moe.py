@@ -13,6 +13,7 @@ Usage: .venv/bin/python bench/moe.py [--train-size N] [--epochs E] [--seeds S] [
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -258,13 +259,19 @@ def markdown(res: dict) -> str:
                 f"{fmt(r['skewed_gain'], 100)} | {fmt(r['forgetting'], 100)} | {fmt(r['mri'])} "
                 f"| {fmt(r['seconds'], 1, 1)} |"
             )
-    lines += ["", f"Total bench wall time: {res['wall_seconds']:.0f} s."]
+    lines += [
+        "",
+        f"Total bench wall time: {res['wall_seconds']:.0f} s; 1-minute load average "
+        f"{s['load_avg_start']:.1f} at start, {s['load_avg_end']:.1f} at end (2 cores). "
+        "Throughput is measured on a CPU shared with other jobs: compare variants within one "
+        "run, and expect it to swing with the load.",
+    ]
     return "\n".join(lines)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--train-size", type=int, default=30_000)
+    ap.add_argument("--train-size", type=int, default=20_000)
     ap.add_argument("--original-size", type=int, default=20_000)
     ap.add_argument("--added-size", type=int, default=6_000)
     ap.add_argument("--epochs", type=int, default=3)
@@ -291,6 +298,7 @@ def main() -> None:
             "finetune_epochs": args.finetune_epochs,
             "seeds": args.seeds,
             "quick": args.quick,
+            "load_avg_start": os.getloadavg()[0],
         },
         "part_a": part_a(train_set, test, args),
     }
@@ -301,6 +309,7 @@ def main() -> None:
             variant = max(moe, key=lambda n: res["part_a"][n]["accuracy"]["mean"])
         res["part_b"] = part_b(full, test, variant, args)
     res["wall_seconds"] = time.perf_counter() - start
+    res["settings"]["load_avg_end"] = os.getloadavg()[0]
     md = markdown(res)
     write_section("moe", md, res)
     print(md)

@@ -138,6 +138,20 @@ def markdown(cfg, summary, ix: Index, owners, ablation, v, meta) -> str:
         lines.insert(2, "| **as run above** | " + " | ".join(base) + " |")
         abl = "\n".join(lines)
     best = v["best_method_owner_a"]
+    note = " " + meta["note"] if meta.get("note") else ""
+    order = " > ".join(summary["full_order"])
+    rho_text = ", ".join(
+        f"{k} {'–' if x is None else f'{x:.2f}'}" for k, x in v["spearman_at_1pct"].items()
+    )
+    met_by = v["target_spearman_met_by"]
+    rho_met = "met by " + ", ".join(met_by) if met_by else "**not met**"
+    abl_note = ""
+    if meta.get("ablation_process"):
+        p = meta["ablation_process"]
+        abl_note = (
+            f" (run as `--ablation-only` in a second 1-thread process beside the main grid: "
+            f"{p['seconds'] / 60:.1f} min wall, {p['cpu_seconds'] / 60:.1f} min CPU)"
+        )
     cpu = ""
     if meta.get("cpu_seconds"):
         cpu = f" ({meta['cpu_seconds'] / 60:.1f} min CPU; machine shared, load average"
@@ -146,10 +160,11 @@ def markdown(cfg, summary, ix: Index, owners, ablation, v, meta) -> str:
 
 {meta["what"]}
 
-Run: {meta["when"]}, {meta["seconds"] / 60:.1f} min wall{cpu} on {meta["machine"]}. Seeds {list(cfg.seeds)}
-(each seed redraws the scenario's rows, retrains the baseline and rebuilds D_hard); numbers are
-mean ± 95% t-interval over seeds, in percent. D_hard-eval holds {meta["dhard_eval"]} rows per
-seed (mean), D_hard-shared {meta["dhard_shared"]}; the baseline scores 0 on D_hard-eval by
+Run: {meta["when"]}, {meta["seconds"] / 60:.1f} min wall{cpu} on {meta["machine"]}.
+Seeds {list(cfg.seeds)} (each seed redraws the scenario's rows, retrains the baseline and
+rebuilds D_hard); numbers are mean ± 95% t-interval over seeds, in percent.{note}
+D_hard-eval holds {meta["dhard_eval"]} rows per seed (mean), D_hard-shared
+{meta["dhard_shared"]}; the baseline scores 0 on D_hard-eval by
 construction and {100 * meta["base_test"]:.1f}% on the test set.
 
 **Owner (a) {a}: accuracy on held-out D_hard after fine-tuning with the subset**
@@ -165,7 +180,7 @@ gain relative to random (ratio of means)**
 
 {recovery_table(ix, a, m, b)}
 
-**Owner ranking by D_hard gain vs the full-information ranking** ({" > ".join(summary["full_order"])}):
+**Owner ranking by D_hard gain vs the full-information ranking** ({order}):
 Spearman ρ / Kendall τ-b over {len(owners)} owners, from mean gains
 
 {agreement_table(ix, m, b)}
@@ -182,9 +197,9 @@ request per seed includes building the FAISS index)
 
 {timing_table(ix, a, m, b, meta["embed_seconds_a"])}
 
-**Ablation: D_hard gain (points) on owner (a) at 1%, mean over the same seeds**
+**Ablation: D_hard gain (points) on owner (a) at 1%, mean over the same seeds**{abl_note}
 
-{abl or meta["ablation_note"]}
+{abl or meta.get("ablation_note", "(not run)")}
 
 ![quality plot](img/{PLOT.name})
 
@@ -193,8 +208,7 @@ request per seed includes building the FAISS index)
 (ratio of means {100 * (v["recovered_of_full"] or 0):.0f}%; target ≥ 80%:
 {"met" if v["target_recovery_met"] else "**not met**"}) and {ratio(v["x_random"])} the gain of
 random (target ≥ 1.5×: {"met" if v["target_x_random_met"] else "**not met**"}). Owner ranking at
-1%: Spearman {", ".join(f"{k} {'–' if x is None else f'{x:.2f}'}" for k, x in v["spearman_at_1pct"].items())}
-(target ≥ 0.9: {"met by " + ", ".join(v["target_spearman_met_by"]) if v["target_spearman_met_by"] else "**not met**"}).
+1%: Spearman {rho_text} (target ≥ 0.9: {rho_met}).
 {meta["discussion"]}
 """
 
@@ -214,11 +228,19 @@ def main() -> int:
         help="skip the ablation (and say so) if the main grid took longer (minutes)",
     )
     ap.add_argument(
+        "--ablation-only",
+        action="store_true",
+        help="run only the ablation (seeds last to first) into quality_ablation.json",
+    )
+    ap.add_argument(
         "--render", action="store_true", help="only redo the doc section and plot from the JSON"
     )
+    ap.add_argument("--note", default="", help="with --render: a note on how the run went")
     args = ap.parse_args()
     if args.render:
-        return rerender()
+        return rerender(args.note)
+    if args.ablation_only:
+        return ablation_only(args)
     torch.set_num_threads(args.threads)
     cfg = BenchConfig(
         seeds=tuple(range(args.seeds)),
@@ -292,6 +314,7 @@ def render(out: dict) -> str:
     from bench.quality_text import discussion, what_we_chose
 
     cfg = BenchConfig(**out["config"])
+    out["ablation"] = _separate_ablation(out)
     summary, ablation = out["summary"], out["ablation"]
     owners = out.get("owners") or sorted(summary["full_gain"])  # file order is alphabetical
     ix = Index(summary)
@@ -308,8 +331,45 @@ def render(out: dict) -> str:
     return markdown(cfg, summary, ix, owners, ablation, v, meta)
 
 
-def rerender() -> int:
+def ablation_only(args: argparse.Namespace) -> int:
+    """The ablation as its own process (it can run beside the main grid on a loaded machine);
+    `render` picks it up when the main run has none."""
+    torch.set_num_threads(args.threads)
+    cfg = BenchConfig(seeds=tuple(reversed(range(args.seeds))), threads=args.threads)
+    start = time.perf_counter()
+    owner = next(iter(cfg.owner_sizes))
+    ablation = run_ablation(cfg, owner)
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    out = {
+        "config": asdict(cfg),
+        "seconds": time.perf_counter() - start,
+        "cpu_seconds": usage.ru_utime + usage.ru_stime,
+        "ablation": ablation,
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "quality_ablation.json").write_text(json.dumps(out, indent=2) + "\n")
+    return 0
+
+
+def _separate_ablation(out: dict) -> list[dict]:
+    """The ablation from --ablation-only, if it used this run's seeds and recipe."""
+    path = RESULTS / "quality_ablation.json"
+    if out["ablation"] or not path.exists():
+        return out["ablation"]
+    abl = json.loads(path.read_text())
+    mine = {k: v for k, v in out["config"].items() if k != "seeds"}
+    theirs = {k: v for k, v in abl["config"].items() if k != "seeds"}
+    if mine != theirs or sorted(abl["config"]["seeds"]) != sorted(out["config"]["seeds"]):
+        return out["ablation"]
+    out["meta"]["ablation_note"] = ""
+    out["meta"]["ablation_process"] = {"seconds": abl["seconds"], "cpu_seconds": abl["cpu_seconds"]}
+    return abl["ablation"]
+
+
+def rerender(note: str) -> int:
     out = json.loads((RESULTS / "quality.json").read_text())
+    if note:
+        out["meta"]["note"] = note
     ix = Index(out["summary"])
     cfg = out["config"]
     plot(

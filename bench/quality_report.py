@@ -26,6 +26,10 @@ def ratio(x: float | None) -> str:
     return "–" if x is None else f"{x:.2f}×"
 
 
+def _num(x: float | None) -> str:
+    return "–" if x is None else f"{x:.2f}"
+
+
 def budget_label(share: float | None, rows: int) -> str:
     return f"full ({rows})" if share is None else f"{100 * share:g}% ({rows})"
 
@@ -88,10 +92,7 @@ def agreement_table(ix: Index, methods, budgets) -> str:
         cells = []
         for m in methods:
             a = ix.agreement(m, share)
-            rho, tau = a["spearman"], a["kendall_tau"]
-            cells.append(
-                f"{'–' if rho is None else f'{rho:.2f}'} / {'–' if tau is None else f'{tau:.2f}'}"
-            )
+            cells.append(f"{_num(a['spearman'])} / {_num(a['kendall_tau'])}")
         lines.append(f"| {100 * share:g}% | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -131,15 +132,22 @@ def plot(ix: Index, owners: list[str], methods, budgets, headline: float, path: 
 
     a = owners[0]
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
-    for m in methods:
+    for k, m in enumerate(methods):
         rs = [ix.get(a, m, s) for s in budgets]
-        x = [r["rows"] for r in rs]
+        # a small multiplicative offset per method so the error bars do not hide each other
+        x = [r["rows"] * (1 + 0.04 * (k - (len(methods) - 1) / 2)) for r in rs]
         y = [100 * r["dhard_accuracy"]["mean"] for r in rs]
         err = [100 * (r["dhard_accuracy"]["ci95_half"] or 0.0) for r in rs]
         left.errorbar(x, y, yerr=err, marker="o", capsize=3, label=m)
     full = ix.get(a, FULL, None)["dhard_accuracy"]
     left.axhline(100 * full["mean"], color="k", ls="--", label=f"full information ({a})")
+    if full["ci95_half"] is not None:
+        lo, hi = 100 * (full["mean"] - full["ci95_half"]), 100 * (full["mean"] + full["ci95_half"])
+        left.axhspan(lo, hi, color="k", alpha=0.08)
     left.set_xscale("log")
+    ticks = [ix.get(a, methods[0], s)["rows"] for s in budgets]
+    left.set_xticks(ticks, [str(t) for t in ticks])
+    left.minorticks_off()
     left.set_xlabel(f"budget (rows of {a})")
     left.set_ylabel("accuracy on held-out D_hard (%)")
     left.set_title(f"Owner {a}: D_hard accuracy vs budget (mean ± 95% CI)")

@@ -8,7 +8,8 @@ Naive cases that exceed their cap are killed and reported as "> cap s (stopped)"
 
 Naive ways: numpy brute-force kNN (full similarity matrix, argpartition) for `feature`; dense
 per-class gradient matrices with OMP re-solving every weight system from scratch (`omp_naive`)
-for `gradient` and `funcfeat`. `funcfeat (no prefilter)` measures what the top-M prefilter buys.
+for `gradient` and `funcfeat`. A prefilter check runs funcfeat's OMP on one class of the largest
+owner with and without the top-M prefilter (CPU time, same rows, objective).
 
     .venv/bin/python bench/selection_speed.py [--sizes 1e4,1e5,1e6] [--cap 60]
 """
@@ -118,14 +119,60 @@ def naive_gradient(cand, hard, head, budget: int, funcfeat: bool) -> np.ndarray:
     return np.concatenate(out)
 
 
+def prefilter_check(n: int, sizes: tuple[int, ...] = (10_000, 20_000)) -> dict:
+    """funcfeat OMP on class 0 of the n-row owner with the top-M prefilter vs without it."""
+    from threadpoolctl import threadpool_limits
+
+    from selection import allocate, last_layer_gradients, softmax_residuals
+    from selection.funcfeat import geometric_median
+    from selection.omp import FactoredAtoms, omp
+
+    cand, hard, head = make_data(n)
+    classes, counts = np.unique(hard.labels, return_counts=True)
+    caps = {int(c): int((cand.labels == c).sum()) for c in classes}
+    k = allocate(dict(zip(classes.tolist(), counts.tolist(), strict=True)), caps, n // 100)[0]
+    pos = np.flatnonzero(cand.labels == 0)
+    e = cand.embeddings[pos]
+    u = softmax_residuals(e, cand.labels[pos], head)
+    he = hard.embeddings[hard.labels == 0]
+    t = last_layer_gradients(he, hard.labels[hard.labels == 0], head).sum(0, dtype=np.float64)
+    psi = np.linalg.norm(e - geometric_median(he), axis=1)
+    align = FactoredAtoms(u, e).matvec(t)
+    runs = {}
+    with threadpool_limits(limits=1, user_api="blas"):
+        for m in (*[s for s in sizes if s < len(pos)], len(pos)):
+            sub = np.sort(np.argpartition(-align, m - 1)[:m]) if m < len(pos) else np.arange(m)
+            cpu0 = time.process_time()
+            r = omp(FactoredAtoms(u[sub], e[sub]), t, k, lam=0.5, lam2=2.0, psi=psi[sub])
+            cpu = time.process_time() - cpu0
+            idx = sub[r.indices]
+            obj = r.residual_norm**2 + np.sum((0.5 + 2.0 * psi[idx] ** 2) * r.weights**2)
+            runs[m] = {"cpu_seconds": cpu, "objective": float(obj), "ids": idx}
+    ref = runs[len(pos)]
+    return {
+        "class_rows": len(pos),
+        "k": int(k),
+        "runs": [
+            {
+                "m": m,
+                "cpu_seconds": v["cpu_seconds"],
+                "objective_ratio": v["objective"] / ref["objective"],
+                "overlap": float(len(np.intersect1d(v["ids"], ref["ids"])) / len(ref["ids"])),
+            }
+            for m, v in runs.items()
+        ],
+    }
+
+
 def child(case: str, impl: str, n: int, out: str) -> None:
+    if case == "prefilter-check":
+        print(json.dumps(prefilter_check(n)))
+        return
     from selection import get_strategy
 
     cand, hard, head = make_data(n)
     budget = n // 100
-    params = {"prefilter_min": None} if case == "funcfeat-noprefilter" else {}
-    name = "funcfeat" if case == "funcfeat-noprefilter" else case
-    strategy = get_strategy(name, **params) if impl == "fast" else None  # plugin scan excluded
+    strategy = get_strategy(case) if impl == "fast" else None  # plugin scan excluded
     data_mib = _status_mib("VmRSS")
     hwm_ok = _reset_hwm()
     start, cpu0 = time.perf_counter(), time.process_time()
@@ -241,6 +288,7 @@ def main() -> None:
         return
     sizes = [int(float(s)) for s in args.sizes.split(",")]
     rows: list[dict] = []
+    prefilter: dict[int, dict] = {}
     began = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         for n in sizes:
@@ -253,14 +301,11 @@ def main() -> None:
                 print(f"{case:>9} n={n:>9,}: ours {_fmt_time(fast)}, naive {_fmt_time(naive)}")
                 if "stopped_after" in fast:
                     raise SystemExit(f"{case} at n={n} exceeded {args.fast_cap} s")
-            if n >= 1_000_000:
-                # what the top-M prefilter buys at this size, and what it changes
-                plain = run_case("funcfeat-noprefilter", "fast", n, 2 * args.cap, tmp)
-                ff = next(r for r in rows if r["case"] == "funcfeat" and r["n"] == n)
-                row = {"case": "funcfeat (no prefilter)", "n": n, "fast": plain, "naive": None}
-                row["overlap_with_prefilter"] = _overlap(plain, ff["fast"])
-                rows.append(row)
-                print(f"funcfeat without prefilter n={n:,}: {_fmt_time(plain)}")
+            if n >= 1_000_000:  # what the top-M prefilter costs in quality, and buys in time
+                check = run_case("prefilter-check", "fast", n, 3 * args.cap, tmp)
+                check.pop("ids_file", None)
+                prefilter[n] = check
+                print(f"prefilter check n={n:,}: {check}")
         for r in rows:
             for k in ("fast", "naive"):
                 if r.get(k):
@@ -275,26 +320,32 @@ def main() -> None:
         "buffers included), with the share above the resident data in brackets. Owners: embedding "
         "dim 64, 10 classes, D_hard 500 rows, B = 1% of the owner. Naive: numpy brute-force kNN "
         "(feature); dense per-class gradients + OMP re-solving from scratch (gradient, "
-        "funcfeat), stopped after the cap. 'same rows' = share of our rows the naive run also "
+        "funcfeat), stopped after the cap; OMP steps run single-threaded BLAS. 'same rows' = share of our rows the naive run also "
         "chose. The 1-minute load average at each case start is in the JSON (the machine is "
         "shared, so timings carry that noise).",
     ]
-    pre = [r for r in rows if "overlap_with_prefilter" in r]
-    for r in pre:
-        ff = next(x for x in rows if x["case"] == "funcfeat" and x["n"] == r["n"])
-        if "seconds" in r["fast"]:
-            notes.append(
-                f"\nPrefilter (top max(20·k_c, 20000) rows per class by Aᵀt, classes above that "
-                f"size only): at {r['n']:,} rows funcfeat takes {ff['fast']['seconds']:.1f} s "
-                f"with it and {r['fast']['seconds']:.1f} s without; "
-                f"{100 * r['overlap_with_prefilter']:.1f}% of the selected rows are the same."
-            )
-        else:
-            notes.append(
-                f"\nWithout the prefilter funcfeat at {r['n']:,} rows: {_fmt_time(r['fast'])}."
-            )
+    for n, check in prefilter.items():
+        if "runs" not in check:
+            notes.append(f"\nPrefilter check at {n:,} rows: {_fmt_time(check)}.")
+            continue
+        parts = [
+            f"M = {r['m']:,}: {r['cpu_seconds']:.2f} s CPU, {100 * r['overlap']:.1f}% same rows, "
+            f"objective ×{r['objective_ratio']:.4f}"
+            for r in check["runs"]
+        ]
+        notes.append(
+            f"\nPrefilter check (funcfeat OMP on class 0 of the {n:,}-row owner: "
+            f"{check['class_rows']:,} rows, k = {check['k']}; the last M is no prefilter): "
+            + "; ".join(parts)
+            + ". The strategy uses M = max(10·k, 10 000)."
+        )
     markdown = md + "\n" + "\n".join(notes) + "\n"
-    result = {"rows": rows, "total_seconds": total, "cpu_count": os.cpu_count()}
+    result = {
+        "rows": rows,
+        "prefilter_check": {str(n): c for n, c in prefilter.items()},
+        "total_seconds": total,
+        "cpu_count": os.cpu_count(),
+    }
     try:
         from bench._report import write_section
     except ImportError:

@@ -31,10 +31,17 @@ def sinkhorn(logits: torch.Tensor, iters: int) -> torch.Tensor:
 
 
 def _topk_combine(scores: torch.Tensor, probs: torch.Tensor, k: int) -> torch.Tensor:
-    """Pick k experts per row by `scores`; weights are `probs` there, renormalised to sum 1."""
+    """Pick k experts per row by `scores`; weights are `probs` there.
+
+    For k > 1 the weights are renormalised to sum 1 (GShard-style). For k = 1 the raw
+    probability is kept, as in Switch: renormalised it would be the constant 1 and the router
+    would get no gradient from the task loss. A tiny floor keeps an underflowed softmax value
+    from silently dropping a chosen expert (routing is read from the non-zeros).
+    """
     idx = scores.topk(k, dim=1).indices
-    picked = probs.gather(1, idx)
-    picked = picked / picked.sum(dim=1, keepdim=True).clamp_min(1e-9)
+    picked = probs.gather(1, idx).clamp_min(1e-12)
+    if k > 1:
+        picked = picked / picked.sum(dim=1, keepdim=True)
     return torch.zeros_like(probs).scatter(1, idx, picked)
 
 

@@ -47,8 +47,8 @@ class FuncFeat(GradientMatching):
         lam: float = 0.5,
         lam2: float = 2.0,
         psi_in_pick: bool = False,
-        prefilter_min: int | None = 20_000,
-        prefilter_factor: int = 20,
+        prefilter_min: int | None = 10_000,
+        prefilter_factor: int = 10,
         batch_size: int = DEFAULT_BATCH,
         workers: int = 1,
     ) -> None:

@@ -57,7 +57,8 @@ def test_gate_uses_at_most_k_experts(gate: str, k: int) -> None:
         combine, aux = g(h, raw)
         assert combine.shape == (64, 8)
         assert int(nnz_per_row(combine).max()) <= k
-        assert torch.allclose(combine.sum(dim=1), torch.ones(64), atol=1e-5)
+        if k > 1 or gate in ("hash", "comet"):
+            assert torch.allclose(combine.sum(dim=1), torch.ones(64), atol=1e-5)
         assert aux.dim() == 0 and torch.isfinite(aux)
 
 
@@ -197,3 +198,13 @@ def test_local_search_yields_a_valid_frozen_permutation(gate: str) -> None:
     frozen = perm_mod.perm.clone()
     train(m, data, TrainConfig(epochs=1, batch_size=32, seed=1))
     assert torch.equal(perm_mod.perm, frozen)  # frozen stays frozen
+
+
+@pytest.mark.parametrize("k", [1, 2])
+def test_router_gets_task_gradient(k: int) -> None:
+    """Gate values must carry gradient to the router (with k = 1 too: no renormalisation)."""
+    torch.manual_seed(0)
+    gate = TopKGate(16, cfg(gate="topk", top_k=k, balance_alpha=0.0, z_loss_coef=0.0))
+    combine, _ = gate(torch.randn(32, 16), torch.zeros(32, 1))
+    (combine * torch.randn(32, 8)).sum().backward()
+    assert gate.router.weight.grad is not None and float(gate.router.weight.grad.abs().sum()) > 0
