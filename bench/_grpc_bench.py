@@ -1,4 +1,5 @@
-"""Shared by bench/transfer.py and bench/load.py: servers in their own processes, stats.
+"""Shared by bench/transfer.py and bench/load.py: servers in their own processes, stats
+(and `encode_costs`, the owner's chunk encoding timed in-process for bench/transfer.py).
 
 Every server runs in a child process (`python bench/_grpc_bench.py <kind> <json spec>`) so the
 client and the server never share a GIL. The child prints `PORT <n>` once it listens and stops
@@ -122,6 +123,47 @@ def server(kind: str, spec: dict[str, Any] | None = None, timeout: float = 300) 
 
 def pack_sizes(sizes: Sequence[int]) -> bytes:
     return np.asarray(sizes, dtype="<i8").tobytes()
+
+
+def encode_costs(rows: int, reps: int, width: int = 784) -> dict:
+    """Owner-side encoding of one `rows`-row stream, in this process, both ways interleaved:
+    protobuf messages filled in place and serialized (the owner before the pass-through), and
+    `wire.encode_rows_chunk` (what the owner now yields to a pass-through serializer)."""
+    from mycroft import wire
+    from mycroft.v1 import owner_pb2 as pb
+
+    rng = np.random.default_rng(0)
+    features = rng.standard_normal((rows, width), dtype=np.float32)
+    labels = rng.integers(0, 10, rows).astype(np.int64)
+    ids, scores = np.arange(rows, dtype=np.int64), rng.random(rows).astype(np.float32)
+    parts = list(wire.row_chunks(rows, width * 4 + 20))
+
+    def protobuf() -> int:
+        total = 0
+        for part in parts:
+            chunk = pb.SelectChunk()
+            for name, array in zip(
+                ("features", "labels", "row_ids", "scores"),
+                (features[part], labels[part], ids[part], scores[part]),
+                strict=True,
+            ):
+                wire.encode_into(getattr(chunk.rows, name), array)
+            total += len(chunk.SerializeToString())
+        return total
+
+    def hand() -> int:
+        return sum(
+            len(wire.encode_rows_chunk(features[p], labels[p], ids[p], scores[p])) for p in parts
+        )
+
+    times: dict[str, list[float]] = {"protobuf": [], "hand": []}
+    for _ in range(reps):
+        for key, fn in (("protobuf", protobuf), ("hand", hand)):
+            t = time.perf_counter()
+            fn()
+            times[key].append(time.perf_counter() - t)
+    assert protobuf() == hand()
+    return {k: Stats.of(v).to_dict() for k, v in times.items()}
 
 
 # ------------------------------------------------------------------ child processes

@@ -36,6 +36,7 @@ import torch  # noqa: E402
 
 from bench._report import RESULTS, ROOT, write_section  # noqa: E402
 from bench.quality_core import (  # noqa: E402
+    METHODS,
     BenchConfig,
     Cell,
     make_world,
@@ -54,15 +55,15 @@ from bench.quality_report import (  # noqa: E402
     recovery_table,
     timing_table,
 )
-from bench.quality_stats import cells_json, summarise  # noqa: E402
+from bench.quality_stats import cells_json, paired_vs_random, summarise  # noqa: E402
 
 HEADLINE = 0.01  # the targets are stated at a 1% budget
 PLOT = ROOT / "docs" / "img" / "quality_fashion.png"
 # name -> (BenchConfig overrides, methods it concerns), each run on owner a at the headline budget
-ABLATIONS: dict[str, tuple[dict, tuple[str, ...] | None]] = {
+ABLATIONS: dict[str, tuple[dict, tuple[str, ...]]] = {
     "final checkpoint scores": ({"score_checkpoint": "final"}, ("feature", "gradient", "funcfeat")),
-    "no oversampling": ({"oversample_to": 0}, None),
-    "equal per-class budget split": ({"class_split": "equal"}, None),
+    "no oversampling": ({"oversample_to": 0}, METHODS),
+    "equal per-class budget split": ({"class_split": "equal"}, METHODS),
     "funcfeat: psi in the pick": ({"funcfeat_psi_in_pick": True}, ("funcfeat",)),
 }
 
@@ -79,7 +80,7 @@ def run_ablation(cfg: BenchConfig, owner: str) -> list[dict]:
         for seed in cfg.seeds:
             world = make_world(acfg, seed, log=lambda _m: None)
             for method in cfg.methods:
-                if only is not None and method not in only:
+                if method not in only:
                     continue  # the variant does not change this method
                 strategy = strategy_for(acfg, method)
                 cells.append(run_cell(acfg, world, owner, method, HEADLINE, strategy))
@@ -139,6 +140,7 @@ def markdown(cfg, summary, ix: Index, owners, ablation, v, meta) -> str:
         abl = "\n".join(lines)
     best = v["best_method_owner_a"]
     note = " " + meta["note"] if meta.get("note") else ""
+    cmd = f"`{meta['command']}`, " if meta.get("command") else ""
     order = " > ".join(summary["full_order"])
     rho_text = ", ".join(
         f"{k} {'–' if x is None else f'{x:.2f}'}" for k, x in v["spearman_at_1pct"].items()
@@ -160,7 +162,7 @@ def markdown(cfg, summary, ix: Index, owners, ablation, v, meta) -> str:
 
 {meta["what"]}
 
-Run: {meta["when"]}, {meta["seconds"] / 60:.1f} min wall{cpu} on {meta["machine"]}.
+Run: {cmd}{meta["when"]}, {meta["seconds"] / 60:.1f} min wall{cpu} on {meta["machine"]}.
 Seeds {list(cfg.seeds)} (each seed redraws the scenario's rows, retrains the baseline and
 rebuilds D_hard); numbers are mean ± 95% t-interval over seeds, in percent.{note}
 D_hard-eval holds {meta["dhard_eval"]} rows per seed (mean), D_hard-shared
@@ -187,7 +189,7 @@ Spearman ρ / Kendall τ-b over {len(owners)} owners, from mean gains
 
 **D_hard gain per owner at {100 * HEADLINE:g}%** (points; "clean rows": share of the returned
 rows that are neither label-flipped nor feature-corrupted, for random and for the owner's best
-of feature/gradient/funcfeat; the lowest share of rows of a D_hard class any budgeted method
+of feature/gradient/funcfeat; the lowest share of rows of a D_hard class any library strategy
 returned to any owner was {meta["min_relevant"]:.0%})
 
 {owners_table(ix, owners, m, HEADLINE)}
@@ -209,6 +211,7 @@ request per seed includes building the FAISS index)
 {"met" if v["target_recovery_met"] else "**not met**"}) and {ratio(v["x_random"])} the gain of
 random (target ≥ 1.5×: {"met" if v["target_x_random_met"] else "**not met**"}). Owner ranking at
 1%: Spearman {rho_text} (target ≥ 0.9: {rho_met}).
+
 {meta["discussion"]}
 """
 
@@ -274,6 +277,7 @@ def main() -> int:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     meta = {
         "when": time.strftime("%Y-%m-%d %H:%M"),
+        "command": " ".join(["bench/quality.py", *sys.argv[1:]]),
         "seconds": seconds,
         "cpu_seconds": usage.ru_utime + usage.ru_stime,
         "load_average": os.getloadavg(),
@@ -323,9 +327,12 @@ def render(out: dict) -> str:
     meta["min_relevant"] = min(
         r["relevant_share"]
         for r in summary["rows"]
-        if r["method"] != "full" and r["relevant_share"] is not None
+        if r["method"] in METHODS and r["relevant_share"] is not None
     )
     budgeted = [c["train_seconds"] for c in out["cells"] if c["method"] != "full" and c["rows"]]
+    summary["paired_vs_random"] = {
+        f"{o}@{s}": paired_vs_random(out["cells"], o, s) for o in owners for s in cfg.budgets
+    }
     meta["what"] = what_we_chose(cfg, float(np.mean(budgeted)))
     meta["discussion"] = discussion(summary, ix, owners, ablation, v)
     return markdown(cfg, summary, ix, owners, ablation, v, meta)

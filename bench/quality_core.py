@@ -34,6 +34,9 @@ from trainer_node.evaluate import train_and_measure
 
 CACHE = Path(tempfile.gettempdir()) / "mycroft-quality-cache"
 METHODS = ("random", "feature", "gradient", "funcfeat")
+# A bench-only reference, not a strategy: B rows drawn uniformly from all of the owner's rows,
+# blind to D_hard's classes (what a "random" baseline means in much of the literature).
+UNIFORM = "uniform"
 FULL = "full"
 
 
@@ -52,7 +55,7 @@ class BenchConfig:
         }
     )
     budgets: tuple[float, ...] = (0.0025, 0.005, 0.01, 0.02, 0.05)  # share of an owner's rows
-    methods: tuple[str, ...] = METHODS
+    methods: tuple[str, ...] = (UNIFORM, *METHODS)
     seeds: tuple[int, ...] = (0, 1, 2)
     base_epochs: int = 6
     base_lr: float = 2e-3
@@ -222,6 +225,8 @@ def make_world(cfg: BenchConfig, seed: int, log=print) -> World:
 
 
 def strategy_for(cfg: BenchConfig, method: str):
+    if method == UNIFORM:
+        return None
     if method == "funcfeat":
         return get_strategy("funcfeat", psi_in_pick=cfg.funcfeat_psi_in_pick)
     return get_strategy(method)
@@ -269,7 +274,9 @@ def run_cell(
     cand = world.candidates[owner]
     budget = len(rows_all) if share is None else max(1, int(round(share * len(rows_all))))
     t0 = time.perf_counter()
-    if cfg.class_split == "equal" and share is not None:
+    if method == UNIFORM:
+        ids = np.random.default_rng([world.seed, 7]).choice(cand.row_ids, budget, replace=False)
+    elif cfg.class_split == "equal" and share is not None:
         ids = _select_equal_split(strategy, cand, world, budget)
     else:
         ids = strategy.select(cand, world.hard, budget, head=world.head, seed=world.seed).row_ids

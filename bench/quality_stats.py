@@ -116,3 +116,15 @@ def _per_seed_rank(groups, owners: list[str], method: str, share: float) -> list
 
 def cells_json(cells: list[Cell]) -> list[dict]:
     return [asdict(c) for c in cells]
+
+
+def paired_vs_random(cells: list[dict], owner: str, share: float) -> dict[str, dict]:
+    """Per method: per-seed D_hard gain minus random's on the same seed (same data, baseline
+    and D_hard), mean and 95% t-interval. The fair test of "beats random": seeds move both."""
+    at = [c for c in cells if c["owner"] == owner and c["budget_share"] == share]
+    rnd = {c["seed"]: c["dhard_gain"] for c in at if c["method"] == "random"}
+    out = {}
+    for method in sorted({c["method"] for c in at} - {"random"}):
+        diffs = [c["dhard_gain"] - rnd[c["seed"]] for c in at if c["method"] == method]
+        out[method] = _stat(diffs)
+    return out

@@ -25,9 +25,11 @@ class OwnerSection:
     name: str
     listen: str = "127.0.0.1:50051"
     state_dir: Path = Path("owner-state")
-    max_workers: int = 16  # gRPC handler threads
+    # A waiting Select costs an idle handler thread and little else, so the defaults queue
+    # 64 selections (64 concurrent trainers, one call each) before answering UNAVAILABLE.
+    max_workers: int = 72  # gRPC handler threads: >= selection_workers + selection_queue + 2
     selection_workers: int = 2  # threads running strategies, off the gRPC threads
-    selection_queue: int = 6  # selections allowed to wait for a worker before UNAVAILABLE
+    selection_queue: int = 64  # selections allowed to wait for a worker before UNAVAILABLE
     grace_seconds: float = 10.0  # in-flight calls get this long at shutdown
     # Plaintext health-only port for local probes of a TLS node; loopback only.
     health_listen: str | None = None
@@ -138,8 +140,10 @@ def _owner(t: Mapping[str, Any], base: Path) -> OwnerSection:
         listen=_str(t, "owner", "listen") or OwnerSection.listen,
         state_dir=_path(_str(t, "owner", "state_dir") or "owner-state", base),
         max_workers=_int(t, "owner", "max_workers", OwnerSection.max_workers, lo=1),
-        selection_workers=_int(t, "owner", "selection_workers", 2, lo=1),
-        selection_queue=_int(t, "owner", "selection_queue", 6, lo=0),
+        selection_workers=_int(
+            t, "owner", "selection_workers", OwnerSection.selection_workers, lo=1
+        ),
+        selection_queue=_int(t, "owner", "selection_queue", OwnerSection.selection_queue, lo=0),
         grace_seconds=_float(t, "owner", "grace_seconds", 10.0, lo=0.0),
         health_listen=_str(t, "owner", "health_listen"),
     )

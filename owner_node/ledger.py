@@ -6,6 +6,13 @@ requests of the same trainer cannot both spend the last rows):
 - re-revealing a row costs nothing;
 - a finished request id replays the same rows, in the same order, with no new charge;
 - the charge is committed (synchronous=FULL) before the caller sends a single row.
+
+A charge is a handful of statements whatever its size: the row ids travel as one JSON array
+(`json_each`) for the already-revealed check and the `revealed` insert, `usage` keeps each
+trainer's distinct-row count (no count(*) over `revealed` per call), and the audit is the
+`requests` row itself (ranked row ids as an int64 blob) instead of one `audit` row per row
+sent; `audit()` expands it on demand. An older ledger's per-row `audit` table is left as it
+was and no longer written: `requests` holds the same facts for those requests.
 """
 
 from __future__ import annotations
@@ -49,17 +56,12 @@ CREATE TABLE IF NOT EXISTS requests (
     note TEXT NOT NULL,  -- JSON: what the summary said (missing classes, shortfall)
     PRIMARY KEY (trainer, request_id)
 );
-CREATE TABLE IF NOT EXISTS audit (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    ts REAL NOT NULL,
-    trainer TEXT NOT NULL,
-    request_id TEXT NOT NULL,
-    method TEXT NOT NULL,
-    row_id INTEGER NOT NULL,
-    new INTEGER NOT NULL  -- 1 if this request was the first to reveal the row
+CREATE TABLE IF NOT EXISTS usage (
+    trainer TEXT PRIMARY KEY,
+    used INTEGER NOT NULL  -- this trainer's rows in `revealed`, updated in the same transaction
 );
-CREATE INDEX IF NOT EXISTS audit_trainer ON audit (trainer, id);
 """
+_VERSION = 2  # PRAGMA user_version; below 2, `usage` is rebuilt from `revealed` on open
 
 
 @dataclass(frozen=True)
@@ -131,6 +133,7 @@ class Ledger:
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.executescript(_SCHEMA)
+        self._migrate()
         self.set_caps(caps)
 
     def set_caps(self, caps: Mapping[str, int]) -> None:
@@ -211,22 +214,13 @@ class Ledger:
                     note=json.loads(past[5]),
                 )
             state = self._budget(trainer)
-            seen = self._already_revealed(trainer, ids)
-            keep: list[int] = []
-            new_mask: list[bool] = []
-            new_count = 0
-            cut = 0
-            for i, rid in enumerate(ids.tolist()):
-                if rid in seen:
-                    keep.append(i)
-                    new_mask.append(False)
-                elif new_count < state.left:
-                    keep.append(i)
-                    new_mask.append(True)
-                    new_count += 1
-                else:
-                    cut += 1
-            if not keep and len(ids) > 0 and state.left == 0:
+            is_new = ~self._already_revealed(trainer, ids)
+            # New rows take the places left in ranked order; re-reveals are always free.
+            keep = ~is_new | (np.cumsum(is_new) <= state.left)
+            kept_new = is_new[keep]
+            new_count = int(kept_new.sum())
+            cut = int(is_new.sum()) - new_count
+            if not keep.any() and len(ids) > 0 and state.left == 0:
                 raise BudgetExhausted(
                     f"trainer {trainer!r} has used its whole budget ({state.cap} rows) and "
                     "none of the selected rows were revealed to it before"
@@ -234,7 +228,6 @@ class Ledger:
             note = dict(note or {})
             kept_ids = ids[keep]
             kept_scores = sc[keep]
-            now = time.time()
             self._db.execute(
                 "INSERT INTO requests (trainer, request_id, method, budget, fingerprint, "
                 "row_ids, scores, new_rows, cut, ts, note) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -248,24 +241,24 @@ class Ledger:
                     kept_scores.astype("<f4").tobytes(),
                     new_count,
                     cut,
-                    now,
+                    time.time(),
                     json.dumps(note),
                 ),
             )
-            new_ids = [int(r) for r, new in zip(kept_ids, new_mask, strict=True) if new]
-            self._db.executemany(
-                "INSERT INTO revealed (trainer, row_id, request_id) VALUES (?, ?, ?)",
-                [(trainer, rid, request_id) for rid in new_ids],
-            )
-            self._db.executemany(
-                "INSERT INTO audit (ts, trainer, request_id, method, row_id, new) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                [
-                    (now, trainer, request_id, method, int(r), int(new))
-                    for r, new in zip(kept_ids, new_mask, strict=True)
-                ],
-            )
-            after = self._budget(trainer)
+            if new_count:
+                # One statement for all new rows; sorted, the inserts walk the B-tree in order.
+                self._db.execute(
+                    "INSERT INTO revealed (trainer, row_id, request_id) "
+                    "SELECT ?, value, ? FROM json_each(?)",
+                    (trainer, request_id, _json_ids(np.sort(kept_ids[kept_new]))),
+                )
+                self._db.execute(
+                    "INSERT INTO usage (trainer, used) VALUES (?, ?) "
+                    "ON CONFLICT (trainer) DO UPDATE SET used = used + excluded.used",
+                    (trainer, new_count),
+                )
+            used = state.used + new_count
+            after = BudgetState(cap=state.cap, used=used, left=max(0, state.cap - used))
         return ChargeResult(kept_ids, kept_scores, new_count, cut, False, after, note)
 
     def entries(self, trainer: str) -> list[LedgerEntry]:
@@ -279,14 +272,27 @@ class Ledger:
         return [LedgerEntry(r[0], r[1], int(r[2]), int(r[3]), float(r[4])) for r in rows]
 
     def audit(self, trainer: str) -> list[AuditRecord]:
-        """Every row sent to `trainer` (including re-sends), in the order sent."""
+        """Every row sent to `trainer` (including re-sends), in the order sent.
+
+        Expanded from `requests` (commit order): a row is `new` for the request that `revealed`
+        names as its first revealer. Replays send no new rows and are not recorded again.
+        """
         with self._lock:
-            rows = self._db.execute(
-                "SELECT ts, request_id, method, row_id, new FROM audit WHERE trainer = ? "
-                "ORDER BY id",
+            requests = self._db.execute(
+                "SELECT ts, request_id, method, row_ids FROM requests WHERE trainer = ? "
+                "ORDER BY rowid",
                 (trainer,),
             ).fetchall()
-        return [AuditRecord(float(r[0]), r[1], r[2], int(r[3]), bool(r[4])) for r in rows]
+            first: dict[int, str] = dict(
+                self._db.execute(
+                    "SELECT row_id, request_id FROM revealed WHERE trainer = ?", (trainer,)
+                ).fetchall()
+            )
+        return [
+            AuditRecord(float(ts), request_id, method, rid, first.get(rid) == request_id)
+            for ts, request_id, method, blob in requests
+            for rid in np.frombuffer(blob, dtype="<i8").tolist()
+        ]
 
     def revealed(self, trainer: str) -> set[int]:
         with self._lock:
@@ -304,30 +310,47 @@ class Ledger:
     def _tx(self) -> _Transaction:
         return _Transaction(self._db, self._lock)
 
+    def _migrate(self) -> None:
+        """Ledgers written before `usage` existed: count each trainer's revealed rows once."""
+        if self._db.execute("PRAGMA user_version").fetchone()[0] >= _VERSION:
+            return
+        with self._tx():
+            self._db.execute("DELETE FROM usage")
+            self._db.execute(
+                "INSERT INTO usage (trainer, used) "
+                "SELECT trainer, count(*) FROM revealed GROUP BY trainer"
+            )
+            self._db.execute(f"PRAGMA user_version = {_VERSION}")
+
     def _budget(self, trainer: str) -> BudgetState:
-        row = self._db.execute("SELECT cap FROM trainers WHERE trainer = ?", (trainer,)).fetchone()
+        row = self._db.execute(
+            "SELECT t.cap, coalesce(u.used, 0) FROM trainers AS t "
+            "LEFT JOIN usage AS u ON u.trainer = t.trainer WHERE t.trainer = ?",
+            (trainer,),
+        ).fetchone()
         if row is None:
             raise UnknownTrainer(f"trainer {trainer!r} is not configured")
-        cap = int(row[0])
-        used = int(
-            self._db.execute(
-                "SELECT count(*) FROM revealed WHERE trainer = ?", (trainer,)
-            ).fetchone()[0]
-        )
+        cap, used = int(row[0]), int(row[1])
         return BudgetState(cap=cap, used=used, left=max(0, cap - used))
 
-    def _already_revealed(self, trainer: str, ids: np.ndarray) -> set[int]:
-        seen: set[int] = set()
-        values = ids.tolist()
-        for start in range(0, len(values), 500):  # stay under SQLite's variable limit
-            part = values[start : start + 500]
-            marks = ",".join("?" * len(part))
-            rows = self._db.execute(
-                f"SELECT row_id FROM revealed WHERE trainer = ? AND row_id IN ({marks})",
-                (trainer, *part),
-            ).fetchall()
-            seen.update(int(r[0]) for r in rows)
-        return seen
+    def _already_revealed(self, trainer: str, ids: np.ndarray) -> np.ndarray:
+        """Mask over `ids`: True where the row was revealed to `trainer` before (one query)."""
+        if len(ids) == 0:
+            return np.zeros(0, dtype=bool)
+        # IN (subquery), not a join: SQLite would scan the trainer's whole `revealed` range
+        # against the virtual table; this probes the primary key once per id.
+        rows = self._db.execute(
+            "SELECT row_id FROM revealed WHERE trainer = ? "
+            "AND row_id IN (SELECT value FROM json_each(?))",
+            (trainer, _json_ids(ids)),
+        ).fetchall()
+        seen = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+        return np.isin(ids, seen)
+
+
+def _json_ids(ids: np.ndarray) -> str:
+    """Row ids as a JSON array, bound as one parameter and read back by json_each."""
+    return "[" + ",".join(map(str, ids.tolist())) + "]"
 
 
 def _check_same(

@@ -127,6 +127,14 @@ class ClassPlan:
     missing: list[int]
     available: int  # owner rows whose label appears in D_hard
 
+    def split(self, budget: int) -> dict[int, int]:
+        """Per-class budgets for the classes the owner holds, in proportion to D_hard's counts."""
+        return allocate(
+            {c: self.hard_counts[c] for c in self.positions},
+            {c: len(p) for c, p in self.positions.items()},
+            budget,
+        )
+
 
 def plan_classes(candidates: Candidates, hard: HardSet) -> ClassPlan:
     hard_cls, hard_cnt = np.unique(hard.labels, return_counts=True)

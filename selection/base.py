@@ -1,6 +1,7 @@
 """The selection interface: every strategy turns (owner candidates, D_hard, budget) into an
 ordered list of owner row ids with scores. A new strategy is one module that subclasses
-`Strategy` and registers itself with `@register("name")`."""
+`Strategy`, implements `_rank(job) -> Ranked` and registers itself with `@register("name")`;
+`Strategy.select` does the checks, the class plan and the budget contract around it."""
 
 from __future__ import annotations
 
@@ -8,8 +9,12 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:  # _contract imports this module; base imports it lazily in Strategy.select
+    from selection._contract import ClassPlan
 
 
 @dataclass
@@ -69,13 +74,54 @@ class SelectionResult:
     shortfall_reason: str | None = None  # why fewer than `budget` rows, when so
 
 
+@dataclass
+class Job:
+    """One `select` call as `Strategy._rank` sees it: inputs checked, budget an int, classes
+    planned. Use `timer` for the strategy's own steps (they land in `SelectionResult.timings`)."""
+
+    candidates: Candidates
+    hard: HardSet
+    budget: int
+    head: Head | None
+    seed: int
+    plan: ClassPlan
+    timer: Timer
+
+
+@dataclass
+class Ranked:
+    """What `_rank` returns: candidate positions (into the arrays), best first, one score each.
+    Duplicates and rows past the budget are dropped by the contract; `reason` overrides the
+    default shortfall explanation."""
+
+    positions: np.ndarray
+    scores: np.ndarray
+    reason: str | None = None
+
+    @classmethod
+    def by_score(cls, positions: list[np.ndarray], scores: list[np.ndarray]) -> Ranked:
+        """Per-class parts merged and ordered by score, highest first (stable on ties)."""
+        pos = np.concatenate(positions) if positions else np.empty(0, np.int64)
+        sc = np.concatenate(scores) if scores else np.empty(0, np.float32)
+        order = np.argsort(-sc, kind="stable")
+        return cls(pos[order], sc[order])
+
+
 class Strategy:
-    """Base class for selection strategies (scikit-learn style: parameters in __init__)."""
+    """Base class for selection strategies (scikit-learn style: parameters in __init__).
+
+    The class flags say what a strategy needs; `select` checks them (and the owner node reads
+    them to decide what to compute), then calls `_rank`. A plugin may still override `select`
+    itself, as long as it returns a `SelectionResult` that obeys the budget contract.
+    """
 
     name: str = "base"
-    needs_embeddings: bool = False
-    needs_gradients: bool = False
-    needs_features: bool = False
+    needs_embeddings: bool = False  # candidate and D_hard embeddings (see needs_gradients)
+    needs_gradients: bool = False  # D_hard gradients, or D_hard embeddings to derive them from
+    needs_hard_embeddings: bool = False  # D_hard embeddings even when gradients arrive
+    needs_features: bool = False  # raw feature rows, both sides
+    needs_head: bool = False  # the trainer's last layer
+    ignores_budget: bool = False  # evaluation-only strategies that return every row
 
     def select(
         self,
@@ -86,7 +132,49 @@ class Strategy:
         head: Head | None = None,
         seed: int = 0,
     ) -> SelectionResult:
-        raise NotImplementedError
+        from selection._contract import finalize, plan_classes, validate
+
+        self._check_fields(candidates, hard, head)
+        timer = Timer()
+        with timer("validate"):
+            budget = validate(
+                candidates,
+                hard,
+                budget,
+                head if self.needs_head else None,  # others ignore a head, as they always did
+                # with gradients, D_hard embeddings are optional (checked in _check_fields)
+                needs_embeddings=self.needs_embeddings and not self.needs_gradients,
+                needs_features=self.needs_features,
+            )
+        with timer("plan"):
+            plan = plan_classes(candidates, hard)
+        ranked = self._rank(Job(candidates, hard, budget, head, seed, plan, timer))
+        return finalize(
+            candidates,
+            ranked.positions,
+            ranked.scores,
+            budget,
+            plan=plan,
+            timings=timer.timings,
+            reason=ranked.reason,
+            enforce_budget=not self.ignores_budget,
+        )
+
+    def _check_fields(self, candidates: Candidates, hard: HardSet, head: Head | None) -> None:
+        """Head-based strategies fail early, with their own name, on what they cannot run without."""
+        if self.needs_head and head is None:
+            raise ValueError(f"{self.name} selection needs the trainer's head (last layer)")
+        if not self.needs_gradients:
+            return
+        if candidates.embeddings is None:
+            raise ValueError(f"{self.name} selection needs candidates.embeddings")
+        if hard.gradients is None and hard.embeddings is None:
+            raise ValueError(f"{self.name} selection needs D_hard gradients or embeddings")
+        if self.needs_hard_embeddings and hard.embeddings is None:
+            raise ValueError(f"{self.name} selection needs D_hard embeddings")
+
+    def _rank(self, job: Job) -> Ranked:
+        raise NotImplementedError(f"{type(self).__name__} must implement _rank (or select)")
 
 
 _REGISTRY: dict[str, type[Strategy]] = {}

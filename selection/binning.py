@@ -13,8 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from selection._contract import allocate, finalize, plan_classes, validate
-from selection.base import Candidates, HardSet, Head, SelectionResult, Strategy, Timer, register
+from selection.base import Job, Ranked, Strategy, register
 
 
 def bin_edges(
@@ -63,26 +62,11 @@ class BinningDistance(Strategy):
         self.n_bins = n_bins
         self.diverse_share = diverse_share
 
-    def select(
-        self,
-        candidates: Candidates,
-        hard: HardSet,
-        budget: int,
-        *,
-        head: Head | None = None,
-        seed: int = 0,
-    ) -> SelectionResult:
-        timer = Timer()
-        with timer("validate"):
-            budget = validate(candidates, hard, budget, needs_features=True)
-        rng = np.random.default_rng(seed)
+    def _rank(self, job: Job) -> Ranked:
+        candidates, hard, plan, timer = job.candidates, job.hard, job.plan, job.timer
+        rng = np.random.default_rng(job.seed)
         with timer("plan"):
-            plan = plan_classes(candidates, hard)
-            alloc = allocate(
-                {c: plan.hard_counts[c] for c in plan.positions},
-                {c: len(p) for c, p in plan.positions.items()},
-                budget,
-            )
+            alloc = plan.split(job.budget)
         with timer("bins"):
             lo, width = bin_edges(hard.features, candidates.features, self.n_bins)
             hard_bins = to_bins(hard.features, lo, width, self.n_bins)
@@ -103,9 +87,4 @@ class BinningDistance(Strategy):
                 pick = np.concatenate([near, div]).astype(np.int64)
                 pos_out.append(pos[pick])
                 score_out.append(-dist[pick].astype(np.float32))
-        positions = np.concatenate(pos_out) if pos_out else np.empty(0, np.int64)
-        scores = np.concatenate(score_out) if score_out else np.empty(0, np.float32)
-        order = np.argsort(-scores, kind="stable")
-        return finalize(
-            candidates, positions[order], scores[order], budget, plan=plan, timings=timer.timings
-        )
+        return Ranked.by_score(pos_out, score_out)

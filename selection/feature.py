@@ -17,8 +17,7 @@ from dataclasses import dataclass, field
 import faiss
 import numpy as np
 
-from selection._contract import finalize, plan_classes, validate
-from selection.base import Candidates, HardSet, Head, SelectionResult, Strategy, Timer, register
+from selection.base import Candidates, Job, Ranked, Strategy, register
 
 
 def l2_normalise(x: np.ndarray) -> np.ndarray:
@@ -143,20 +142,10 @@ class FeatureMatching(Strategy):
             return None
         return faiss.SearchParametersIVF(nprobe=ci.index.nlist)
 
-    def select(
-        self,
-        candidates: Candidates,
-        hard: HardSet,
-        budget: int,
-        *,
-        head: Head | None = None,
-        seed: int = 0,
-    ) -> SelectionResult:
-        timer = Timer()
-        with timer("validate"):
-            budget = validate(candidates, hard, budget, needs_embeddings=True)
+    def _rank(self, job: Job) -> Ranked:
+        candidates, hard, plan, timer = job.candidates, job.hard, job.plan, job.timer
+        budget = job.budget
         with timer("plan"):
-            plan = plan_classes(candidates, hard)
             queries = l2_normalise(hard.embeddings)
         m = len(hard.labels)
         largest = max((len(p) for p in plan.positions.values()), default=1)
@@ -184,4 +173,4 @@ class FeatureMatching(Strategy):
             if len(chosen) >= budget or exhausted:
                 break
             depth *= 2
-        return finalize(candidates, chosen, scores, budget, plan=plan, timings=timer.timings)
+        return Ranked(chosen, scores)

@@ -7,36 +7,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from selection._contract import finalize, plan_classes, validate
-from selection.base import Candidates, HardSet, Head, SelectionResult, Strategy, Timer, register
+from selection.base import Job, Ranked, Strategy, register
 
 
 @register("full")
 class FullInformation(Strategy):
     ignores_budget = True
 
-    def select(
-        self,
-        candidates: Candidates,
-        hard: HardSet,
-        budget: int,
-        *,
-        head: Head | None = None,
-        seed: int = 0,
-    ) -> SelectionResult:
-        timer = Timer()
-        with timer("validate"):
-            budget = validate(candidates, hard, budget)
-        with timer("plan"):
-            plan = plan_classes(candidates, hard)
-        positions = np.arange(len(candidates), dtype=np.int64)
-        scores = np.ones(len(positions), dtype=np.float32)
-        return finalize(
-            candidates,
-            positions,
-            scores,
-            budget,
-            plan=plan,
-            timings=timer.timings,
-            enforce_budget=False,
-        )
+    def _rank(self, job: Job) -> Ranked:
+        n = len(job.candidates)
+        return Ranked(np.arange(n, dtype=np.int64), np.ones(n, dtype=np.float32))

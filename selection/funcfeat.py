@@ -39,8 +39,7 @@ def geometric_median(x: np.ndarray, iters: int = 200, tol: float = 1e-7) -> np.n
 
 @register("funcfeat")
 class FuncFeat(GradientMatching):
-    needs_embeddings = True
-    needs_gradients = True
+    needs_hard_embeddings = True  # ψ is measured against D_hard's embeddings
 
     def __init__(
         self,
@@ -61,9 +60,6 @@ class FuncFeat(GradientMatching):
 
     def _psi_in_pick(self) -> bool:
         return self.psi_in_pick
-
-    def _needs_hard_embeddings(self) -> bool:
-        return True
 
     def _psi(self, emb_c: np.ndarray, hard_emb_c: np.ndarray | None) -> np.ndarray | None:
         if hard_emb_c is None or len(hard_emb_c) == 0:

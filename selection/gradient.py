@@ -25,8 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from selection._contract import ClassPlan, allocate, finalize, plan_classes, validate
-from selection.base import Candidates, HardSet, Head, SelectionResult, Strategy, Timer, register
+from selection.base import HardSet, Head, Job, Ranked, Strategy, register
 from selection.gradients import DEFAULT_BATCH, last_layer_gradients, softmax_residuals
 from selection.omp import FactoredAtoms, omp
 
@@ -35,6 +34,7 @@ from selection.omp import FactoredAtoms, omp
 class GradientMatching(Strategy):
     needs_embeddings = True
     needs_gradients = True
+    needs_head = True
 
     def __init__(
         self,
@@ -50,7 +50,7 @@ class GradientMatching(Strategy):
         self.prefilter_factor = prefilter_factor
         self.batch_size = batch_size
 
-    # funcfeat overrides these two
+    # funcfeat overrides these
     def _lam2(self) -> float:
         return 0.0
 
@@ -60,40 +60,13 @@ class GradientMatching(Strategy):
     def _psi_in_pick(self) -> bool:
         return False
 
-    def _needs_hard_embeddings(self) -> bool:
-        return False
-
-    def select(
-        self,
-        candidates: Candidates,
-        hard: HardSet,
-        budget: int,
-        *,
-        head: Head | None = None,
-        seed: int = 0,
-    ) -> SelectionResult:
-        if head is None:
-            raise ValueError(f"{self.name} selection needs the trainer's head (last layer)")
-        if candidates.embeddings is None:
-            raise ValueError(f"{self.name} selection needs candidates.embeddings")
-        if hard.gradients is None and hard.embeddings is None:
-            raise ValueError(f"{self.name} selection needs D_hard gradients or embeddings")
-        if self._needs_hard_embeddings() and hard.embeddings is None:
-            raise ValueError(f"{self.name} selection needs D_hard embeddings")
-        timer = Timer()
-        with timer("validate"):
-            budget = validate(candidates, hard, budget, head)
-        with timer("plan"):
-            plan = plan_classes(candidates, hard)
-            alloc = allocate(
-                {c: plan.hard_counts[c] for c in plan.positions},
-                {c: len(p) for c, p in plan.positions.items()},
-                budget,
-            )
-        todo = [c for c in plan.classes.tolist() if alloc[c] > 0]
+    def _rank(self, job: Job) -> Ranked:
+        with job.timer("plan"):
+            alloc = job.plan.split(job.budget)
+        todo = [c for c in job.plan.classes.tolist() if alloc[c] > 0]
 
         def run(c: int) -> tuple[np.ndarray, np.ndarray]:
-            return self._select_class(candidates, hard, head, plan, c, alloc[c], timer)
+            return self._select_class(job, c, alloc[c])
 
         # OMP steps are many small products: multi-threaded BLAS only adds sync cost and
         # spin-waits badly on a loaded machine (1e6 rows: 28 s single-threaded vs 93 s with 2
@@ -106,14 +79,8 @@ class GradientMatching(Strategy):
                     parts = list(pool.map(run, todo))
             else:
                 parts = [run(c) for c in todo]
-        pos_out = [p for p, _ in parts]
-        score_out = [s for _, s in parts]
-        positions = np.concatenate(pos_out) if pos_out else np.empty(0, np.int64)
-        scores = np.concatenate(score_out) if score_out else np.empty(0, np.float32)
-        order = np.argsort(-scores, kind="stable")  # rank rows by OMP weight across classes
-        return finalize(
-            candidates, positions[order], scores[order], budget, plan=plan, timings=timer.timings
-        )
+        # rank rows by OMP weight across classes
+        return Ranked.by_score([p for p, _ in parts], [s for _, s in parts])
 
     def _target(self, hard: HardSet, head: Head, c: int) -> np.ndarray:
         mask = hard.labels == c
@@ -122,17 +89,9 @@ class GradientMatching(Strategy):
         g = last_layer_gradients(hard.embeddings[mask], hard.labels[mask], head, self.batch_size)
         return g.astype(np.float64).sum(axis=0)
 
-    def _select_class(
-        self,
-        candidates: Candidates,
-        hard: HardSet,
-        head: Head,
-        plan: ClassPlan,
-        c: int,
-        k: int,
-        timer: Timer,
-    ) -> tuple[np.ndarray, np.ndarray]:
-        pos = plan.positions[c]
+    def _select_class(self, job: Job, c: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+        candidates, hard, head, timer = job.candidates, job.hard, job.head, job.timer
+        pos = job.plan.positions[c]
         with timer("gradients"):
             emb = candidates.embeddings[pos]
             u = softmax_residuals(emb, candidates.labels[pos], head, self.batch_size)

@@ -24,7 +24,7 @@ def test_tiny_digits_run_is_sane():
         scenario="digits_four_owners",
         owner_sizes={},  # the file's sizes
         budgets=(0.25,),
-        methods=("random", "feature"),
+        methods=("uniform", "random", "feature"),
         seeds=(0,),
         base_epochs=8,
         finetune_epochs=2,
@@ -40,6 +40,8 @@ def test_tiny_digits_run_is_sane():
         rows = len(world.scen.owners[c.owner])
         if c.method == FULL:
             assert c.rows == rows
+        elif c.method == "uniform":  # class-blind reference: always sends its budget
+            assert c.rows == round(0.25 * rows)
         elif c.owner == "d_irrelevant":  # holds no D_hard class: nothing to send, no change
             assert c.rows == 0 and c.dhard_gain == 0.0
         else:

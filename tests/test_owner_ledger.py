@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -93,6 +94,41 @@ def test_survives_close_and_reopen_and_cap_changes(tmp_path):
     led = Ledger(path, {"t": 2})  # below what was already revealed: nothing left, never negative
     assert (led.budget("t").used, led.budget("t").left) == (3, 0)
     led.close()
+
+
+def test_ledger_written_before_the_usage_table_is_counted_on_open(tmp_path):
+    path = tmp_path / "ledger.db"
+    led = Ledger(path, {"t": 10, "u": 10})
+    led.charge("t", "r1", "feature", [1, 2, 3])
+    led.charge("u", "r1", "feature", [4])
+    led.close()
+    with sqlite3.connect(path) as raw:  # as the previous version left it: no `usage`
+        raw.execute("DROP TABLE usage")
+        raw.execute("PRAGMA user_version = 0")
+    led = Ledger(path, {"t": 10, "u": 10})
+    assert (led.budget("t").used, led.budget("u").used) == (3, 1)
+    led.charge("t", "r2", "feature", [3, 5])
+    assert led.budget("t").used == 4 == len(led.revealed("t"))
+    assert [(a.request_id, a.row_id, a.new) for a in led.audit("t")] == [
+        ("r1", 1, True),
+        ("r1", 2, True),
+        ("r1", 3, True),
+        ("r2", 3, False),
+        ("r2", 5, True),
+    ]
+    led.close()
+
+
+def test_two_ledgers_on_one_file_share_the_cap(tmp_path):
+    """Several processes may open one ledger file; the count stays exact across them."""
+    a = Ledger(tmp_path / "ledger.db", {"t": 5})
+    b = Ledger(tmp_path / "ledger.db", {"t": 5})
+    a.charge("t", "r1", "m", [1, 2, 3])
+    r2 = b.charge("t", "r2", "m", [3, 4, 5, 6])
+    assert r2.row_ids.tolist() == [3, 4, 5] and r2.cut == 1
+    assert a.budget("t") == b.budget("t") and a.budget("t").used == 5
+    a.close()
+    b.close()
 
 
 def test_committed_charge_survives_process_kill(tmp_path):

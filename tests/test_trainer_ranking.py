@@ -79,3 +79,10 @@ def test_rank_correlations_undefined_cases():
     assert kendall_tau_b([1.0, 1.0], [1.0, 2.0]) is None  # one side constant
     assert spearman([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
     assert kendall_tau_b([1, 2, 3], [1, 2, 3]) == pytest.approx(1.0)
+
+
+def test_ci_is_clamped_to_the_possible_range_of_an_accuracy_gain():
+    wide = gain_stats([0.95, 0.05])  # two seeds: t = 12.7, the raw interval overshoots
+    assert wide.ci95 == (-1.0, 1.0)
+    narrow = gain_stats([0.30, 0.32, 0.31])  # well inside the range: untouched
+    assert narrow.ci95 is not None and -1.0 < narrow.ci95[0] < narrow.ci95[1] < 1.0

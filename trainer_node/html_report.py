@@ -12,13 +12,13 @@ import html
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
 from mycroft.errors import DataError
 from trainer_node import plots
+from trainer_node._files import write_atomic
 from trainer_node.report import SCHEMA_VERSION, validate_report
 
 log = logging.getLogger("mycroft.report")
@@ -227,20 +227,11 @@ def _failures(r: dict[str, Any]) -> str:
     rows = []
     for o in r["owners"]:
         if o["status"] != "ok":
-            rows.append(
-                f'<tr class="failed"><td>{esc(o["name"])}</td><td>{esc(o["address"])}</td>'
-                f"<td>whole owner</td><td>{esc(o['error_code'] or '–')}</td>"
-                f'<td class="err">{esc(o["error"] or "")}</td></tr>'
-            )
+            rows.append(_failure_row(o["name"], o["address"], "whole owner", o))
         for q in o["requests"]:
             if q["status"] != "ok":
-                rows.append(
-                    f'<tr class="failed"><td>{esc(o["name"])}</td>'
-                    f"<td>{esc(o['address'])}</td>"
-                    f"<td>{esc(q['method'])} @ {q['budget']}</td>"
-                    f"<td>{esc(q['error_code'] or '–')}</td>"
-                    f'<td class="err">{esc(q["error"] or "")}</td></tr>'
-                )
+                what = f"{q['method']} @ {q['budget']}"
+                rows.append(_failure_row(o["name"], o["address"], what, q))
     if not rows:
         return '<h2 id="failures">Failures</h2><p class="note">No owner or request failed.</p>'
     head = ["owner", "address", "what failed", "code", "message"]
@@ -249,6 +240,15 @@ def _failures(r: dict[str, Any]) -> str:
         + _table(head, rows, table_id="failures-table")
         + '<p class="note">Failed owners are left out of the ranking; the run went on '
         "without them.</p>"
+    )
+
+
+def _failure_row(name: str, address: str, what: str, failed: dict[str, Any]) -> str:
+    """One row of the failures table; `failed` is the owner or request record that failed."""
+    return (
+        f'<tr class="failed"><td>{esc(name)}</td><td>{esc(address)}</td><td>{esc(what)}</td>'
+        f"<td>{esc(failed['error_code'] or '–')}</td>"
+        f'<td class="err">{esc(failed["error"] or "")}</td></tr>'
     )
 
 
@@ -332,21 +332,9 @@ def render_html(report: dict[str, Any]) -> str:
 
 def write_html(report: dict[str, Any], path: str | os.PathLike[str]) -> Path:
     """Render and write atomically (temporary file in the same directory + rename)."""
-    text = render_html(report)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes it owner-only; a report is meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    # 0o644: mkstemp makes it owner-only; a report is meant to be shared
+    text = render_html(report)  # rendered first: a rendering error leaves no file behind
+    return write_atomic(path, lambda f: f.write(text), mode=0o644)
 
 
 def read_report(run_json: str | os.PathLike[str]) -> dict[str, Any]:

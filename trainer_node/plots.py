@@ -191,15 +191,22 @@ def budget_chart(report: dict[str, Any]) -> str | None:
     return to_data_uri(fig)
 
 
-def per_class_chart(report: dict[str, Any]) -> str | None:
-    """Test-set accuracy per class: baseline vs the best owner's subset (mean over seeds)."""
+def best_owner_results(report: dict[str, Any]) -> tuple[str, list[dict[str, Any]]] | None:
+    """(top-ranked owner, its primary results), or None when nothing was ranked or measured."""
     if not report["ranking"]:
         return None
     best = report["ranking"][0]["owner"]
     owner = next(o for o in report["owners"] if o["name"] == best)
     results = primary_results(owner, report)
-    if not results:
+    return (best, results) if results else None
+
+
+def per_class_chart(report: dict[str, Any]) -> str | None:
+    """Test-set accuracy per class: baseline vs the best owner's subset (mean over seeds)."""
+    found = best_owner_results(report)
+    if found is None:
         return None
+    best, results = found
     names = report["class_names"]
     before = [_pp(a) for a in report["baseline"]["per_class_accuracy"]]
     after = [_pp(_mean([r["per_class_accuracy"][c] for r in results])) for c in range(len(names))]
@@ -224,13 +231,10 @@ def per_class_chart(report: dict[str, Any]) -> str | None:
 
 def routing_after(report: dict[str, Any]) -> tuple[str, list[float], float] | None:
     """(best owner, mean expert share, mean MRI) over the best owner's primary results."""
-    if not report["ranking"]:
+    found = best_owner_results(report)
+    if found is None:
         return None
-    best = report["ranking"][0]["owner"]
-    owner = next(o for o in report["owners"] if o["name"] == best)
-    results = primary_results(owner, report)
-    if not results:
-        return None
+    best, results = found
     n = len(results)
     shares = [
         sum(r["routing"]["expert_share"][e] for r in results) / n

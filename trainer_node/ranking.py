@@ -39,7 +39,9 @@ def gain_stats(gains: Sequence[float]) -> GainStats:
         return GainStats(mean, 0.0, None, 1)
     std = float(values.std(ddof=1))
     half = t_critical_95(n - 1) * std / math.sqrt(n)
-    return GainStats(mean, std, (mean - half, mean + half), n)
+    # An accuracy gain lies in [-1, 1]; with few seeds the t-interval can overshoot that range,
+    # and a bound no run could reach would only mislead.
+    return GainStats(mean, std, (max(-1.0, mean - half), min(1.0, mean + half)), n)
 
 
 @dataclass(frozen=True)

@@ -10,11 +10,12 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
+
+from trainer_node._files import write_atomic
 
 SCHEMA_VERSION = "1.0"
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "mycroft" / "schemas" / "report.v1.json"
@@ -293,20 +294,12 @@ def write_report(report: Report | dict[str, Any], path: str | os.PathLike[str]) 
     """Validate, then write atomically: temporary file in the same directory + rename."""
     obj = report.to_dict() if isinstance(report, Report) else report
     validate_report(obj)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=2, allow_nan=False)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+
+    def dump(f: TextIO) -> None:  # streamed: no second copy of a large report in memory
+        json.dump(obj, f, indent=2, allow_nan=False)
+        f.write("\n")
+
+    return write_atomic(path, dump)
 
 
 def load_report(path: str | os.PathLike[str]) -> dict[str, Any]:
