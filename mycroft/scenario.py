@@ -142,6 +142,7 @@ class RunSpec:
     finetune_epochs: int | None = None
     finetune_lr: float | None = None
     oversample_to: int = 0
+    score_epoch: int | None = None  # owners score with this baseline epoch; None: the final one
 
     def budget_rows(self, budget: int | float, owner_rows: int) -> int:
         """A budget as a row count for an owner holding `owner_rows` rows."""
@@ -262,6 +263,7 @@ def parse_scenario(
         else None,
         finetune_lr=rt.float("finetune_lr", None, 1e-8, 10.0) if "finetune_lr" in rt.raw else None,
         oversample_to=rt.int("oversample_to", 0, lo=0),
+        score_epoch=rt.int("score_epoch", None, lo=1) if "score_epoch" in rt.raw else None,
     )
     if run.shared_fraction == 0.0:
         raise ConfigError("run.shared_fraction: must be > 0 (owners need some of D_hard)")

@@ -214,7 +214,15 @@ def prepare(
             },
         ),
         ("[dhard]", {"classes": dhard_classes, "shared_fraction": run.shared_fraction}),
-        ("[selection]", {"methods": methods, "budgets": budgets, "mode": "embedded"}),
+        (
+            "[selection]",
+            {
+                "methods": methods,
+                "budgets": budgets,
+                "mode": "embedded",
+                "score_epoch": run.score_epoch,
+            },
+        ),
         *_rank_by(methods, budgets),
         *owner_tables,
     ]

@@ -148,3 +148,19 @@ def test_load_config_errors(tmp_path):
     bad.write_text("[trainer\n")
     with pytest.raises(ConfigError, match="invalid TOML"):
         load_config(bad)
+
+
+def test_score_epoch_must_fall_within_training(tmp_path):
+    from trainer_node.config import parse_config
+
+    raw = {
+        "trainer": {"id": "t"},
+        "data": {"source": "digits"},
+        "training": {"epochs": 3},
+        "selection": {"score_epoch": 4},
+        "owners": [{"name": "a", "address": "127.0.0.1:1", "token": "x" * 20}],
+    }
+    with pytest.raises(ConfigError, match="selection.score_epoch"):
+        parse_config(raw, tmp_path)
+    raw["selection"]["score_epoch"] = 2
+    assert parse_config(raw, tmp_path).selection.score_epoch == 2

@@ -6,6 +6,7 @@ lets a re-run under the same run id send the owners byte-identical requests.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import time
 from dataclasses import dataclass
@@ -14,7 +15,7 @@ import numpy as np
 
 from moe.config import ModelConfig
 from moe.model import MoEClassifier, build_model
-from moe.train import Metrics, TrainConfig, evaluate, fit_normalization, train
+from moe.train import EpochStats, Metrics, TrainConfig, evaluate, fit_normalization, train
 from mycroft.data.base import LabeledData
 from mycroft.errors import ConfigError, DataError, MycroftError
 from trainer_node.config import DataConfig, ModelSettings, TrainerConfig, TrainingSettings
@@ -148,6 +149,13 @@ class Baseline:
     dhard: DHard
     dhard_eval_accuracy: float | None
     train_seconds: float
+    # The checkpoint owners score with (uploaded, and used for D_hard's embeddings and
+    # gradients): the final model, or an earlier epoch of the same run (selection.score_epoch).
+    scorer: MoEClassifier | None = None
+
+    @property
+    def scoring_model(self) -> MoEClassifier:
+        return self.scorer if self.scorer is not None else self.model
 
 
 def dhard_class_indices(cfg: TrainerConfig, class_names: tuple[str, ...]) -> list[int] | None:
@@ -165,6 +173,24 @@ def accuracy_on(model: MoEClassifier, data: LabeledData) -> float | None:
     return evaluate(model, data).accuracy if len(data) else None
 
 
+def train_with_checkpoint(
+    model: MoEClassifier, data: LabeledData, cfg: TrainConfig, checkpoint_epoch: int | None
+) -> MoEClassifier:
+    """Train `model` in place; return a copy of its weights after `checkpoint_epoch` epochs of
+    the same run, or `model` itself when no earlier checkpoint is asked for. An early
+    checkpoint picks more relevant rows than a converged one (METHOD.md §2)."""
+    early: list[MoEClassifier] = []
+
+    def keep(stats: EpochStats) -> None:
+        if checkpoint_epoch is not None and stats.epoch + 1 == checkpoint_epoch:
+            snapshot = build_model(copy.deepcopy(model.config))
+            snapshot.load_state_dict(model.state_dict())
+            early.append(snapshot.eval())
+
+    train(model, data, cfg, progress=keep)
+    return early[0] if early else model
+
+
 def train_baseline(cfg: TrainerConfig, data: TrainerData) -> Baseline:
     """Train on the trainer's own rows with the first seed, evaluate, build D_hard."""
     mcfg = model_config(cfg.model, data)
@@ -175,7 +201,9 @@ def train_baseline(cfg: TrainerConfig, data: TrainerData) -> Baseline:
         torch.manual_seed(seed)
         model = build_model(mcfg)
     start = time.perf_counter()
-    train(model, data.train, train_config(cfg.training, seed))
+    scorer = train_with_checkpoint(
+        model, data.train, train_config(cfg.training, seed), cfg.selection.score_epoch
+    )
     seconds = time.perf_counter() - start
     dhard = build_dhard(
         model,
@@ -198,6 +226,7 @@ def train_baseline(cfg: TrainerConfig, data: TrainerData) -> Baseline:
         dhard=dhard,
         dhard_eval_accuracy=accuracy_on(model, dhard.eval),
         train_seconds=seconds,
+        scorer=scorer,
     )
 
 

@@ -86,6 +86,7 @@ class SelectionSettings:
     seed: int = 0
     rank_by: tuple[str, int] | None = None  # (method, budget); None: first listed non-full
     params: dict[str, dict[str, float]] = field(default_factory=dict)  # method -> params
+    score_epoch: int | None = None  # owners score with this epoch's checkpoint; None: final
 
     @property
     def primary(self) -> tuple[str, int]:
@@ -276,6 +277,7 @@ def _parse_selection(s: Section) -> SelectionSettings:
         seed=s.integer("seed", 0, 0),
         rank_by=rank_by,
         params=params,
+        score_epoch=s.integer("score_epoch", None, 1),
     )
     s.done()
     return cfg
@@ -361,6 +363,11 @@ def parse_config(raw: dict[str, Any], base_dir: Path, config_path: Path | None =
     for i, name in enumerate(names):
         if name in names[:i]:
             raise ConfigError(f"owners[{i}].name: duplicate owner name {name!r}")
+    if selection.score_epoch is not None and selection.score_epoch > training.epochs:
+        raise ConfigError(
+            f"selection.score_epoch: {selection.score_epoch} is after the last epoch "
+            f"(training.epochs = {training.epochs})"
+        )
     client = _parse_client(Section(raw.get("client", {}), "client", base_dir))
     return TrainerConfig(
         id=trainer_id,

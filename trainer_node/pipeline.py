@@ -91,6 +91,7 @@ def _settings(cfg: TrainerConfig) -> Settings:
         epochs=t.epochs,
         finetune_epochs=t.finetune_epochs or t.epochs,
         oversample_to=t.oversample_to,
+        score_epoch=s.score_epoch,
         batch_size=t.batch_size,
         lr=t.lr,
         replay_fraction=t.replay_fraction,
@@ -125,7 +126,7 @@ def run_trainer(
         f"baseline test accuracy {base.test.accuracy:.3f}; D_hard shared {len(base.dhard.shared)}"
         f", eval {len(base.dhard.eval)}",
     )
-    model_bytes = model_to_bytes(base.model)
+    model_bytes = model_to_bytes(base.scoring_model)
     sha = model_sha256(model_bytes)
     t_base = time.perf_counter() - t0
 
@@ -133,7 +134,7 @@ def run_trainer(
         run_id=run_id,
         model_bytes=model_bytes,
         model_sha256=sha,
-        hard=hard_payload(base.model, base.dhard.shared, config.selection.mode),
+        hard=hard_payload(base.scoring_model, base.dhard.shared, config.selection.mode),
         class_names=names,
         input_shape=data.train.input_shape,
         selection=config.selection,

@@ -73,6 +73,7 @@ class Settings:
     dhard_seed: int
     selection_seed: int
     oversample_to: int = 0  # subsets repeated up to this many rows per fine-tuning epoch
+    score_epoch: int | None = None  # the checkpoint owners scored with; None: the final model
 
 
 @dataclass

@@ -1,0 +1,54 @@
+"""The scoring checkpoint: owners can be sent an early checkpoint of the baseline run."""
+
+import numpy as np
+import torch
+from sklearn.datasets import load_digits
+
+from moe.config import ModelConfig
+from moe.model import build_model
+from moe.train import TrainConfig, evaluate
+from mycroft.data.base import LabeledData
+from trainer_node.baseline import train_with_checkpoint
+
+
+def _digits() -> LabeledData:
+    d = load_digits()
+    x = (d.images / 16.0).astype(np.float32)[:600, None]
+    return LabeledData(
+        x, d.target[:600].astype(np.int64), tuple(map(str, range(10))), np.arange(600)
+    )
+
+
+def _model(data: LabeledData):
+    torch.manual_seed(0)
+    return build_model(
+        ModelConfig(
+            input_shape=data.input_shape,
+            num_classes=10,
+            class_names=data.class_names,
+            embed_dim=16,
+            num_experts=4,
+            top_k=2,
+        )
+    )
+
+
+def test_early_checkpoint_is_a_separate_snapshot_of_the_same_run():
+    data = _digits()
+    cfg = TrainConfig(epochs=3, batch_size=64, lr=3e-3, seed=0)
+    model = _model(data)
+    early = train_with_checkpoint(model, data, cfg, checkpoint_epoch=1)
+    assert early is not model
+    assert early.config == model.config
+    w_early, _ = early.head_weights()
+    w_final, _ = model.head_weights()
+    assert not np.allclose(w_early, w_final)  # training went on after the snapshot
+    # one epoch in, the snapshot is a worse classifier than the end of the same run
+    assert evaluate(early, data).accuracy < evaluate(model, data).accuracy
+
+
+def test_without_a_checkpoint_the_final_model_scores():
+    data = _digits()
+    model = _model(data)
+    cfg = TrainConfig(epochs=1, batch_size=64, lr=3e-3, seed=0)
+    assert train_with_checkpoint(model, data, cfg, checkpoint_epoch=None) is model
