@@ -49,6 +49,25 @@ VARIANTS: dict[str, dict] = {
 }
 SKEWED = (2, 4, 6)  # Pullover, Coat, Shirt: the classes most confused with each other
 
+# Quick screening of recipe levers (measured once, by hand, before choosing the defaults): the
+# same setup on a 10k-row stratified subsample, seeds 0-1 unless noted, mean test acc %. Kept
+# here so the BENCHMARKS.md section can show what was tried; not re-run by this script.
+QUICK_EXPERIMENTS: list[tuple[str, str, str, str]] = [
+    # (setting, lever, dense, topk + lever)
+    ("10k rows, 3 epochs", "none (topk as shipped)", "87.33", "87.18"),
+    ("10k rows, 3 epochs", "none (topk as shipped), seeds 0-2", "87.37", "87.09"),
+    ("10k rows, 3 epochs", "zero-init router", "87.33", "87.11"),
+    ("10k rows, 3 epochs", "no top-k renormalisation of gate values", "87.33", "87.39"),
+    ("10k rows, 3 epochs", "gate values × k (output scale of dense)", "87.33", "87.17"),
+    ("10k rows, 3 epochs", "balance α = 0 (z-loss only)", "87.33", "87.38"),
+    ("10k rows, 3 epochs", "balance α = 0.1", "87.33", "86.75"),
+    ("10k rows, 3 epochs", "k = 1, expert hidden 128 (same active)", "87.33", "87.11"),
+    ("10k rows, 3 epochs", "no renorm + α = 0, seeds 0-2", "87.37", "87.32"),
+    ("10k rows, 8 epochs", "none (more epochs for both)", "88.56", "88.60"),
+    ("10k rows, 8 epochs", "no renorm + α = 0", "88.56", "88.52"),
+    ("60k rows, 2 epochs, seed 0", "none (full training set for both)", "90.63", "90.48"),
+]
+
 
 def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
@@ -233,7 +252,40 @@ def markdown(res: dict) -> str:
         )
     best = max((n for n in a if n != "dense"), key=lambda n: a[n]["accuracy"]["mean"])
     diff = (a[best]["accuracy"]["mean"] - a["dense"]["accuracy"]["mean"]) * 100
-    lines += ["", f"Best gate: **{best}**, {diff:+.2f} points vs dense."]
+    spread = max(a[best]["accuracy"]["std"], a["dense"]["accuracy"]["std"]) * 100
+    if diff >= 0:
+        verdict = "reaches the dense baseline's mean accuracy"
+    else:
+        verdict = "stays below the dense baseline's mean accuracy"
+    within = "within" if abs(diff) <= spread else "outside"
+    lines += [
+        "",
+        f"Best gate: **{best}**, {diff:+.2f} points vs dense: it {verdict} ({within} one "
+        f"seed-to-seed std, {spread:.2f} points).",
+        "",
+        "Why the recipe is what it is. The issue's hypothesis was that each expert sees only "
+        "~k/E = 1/4 of the rows, so the MoE is under-trained at equal epochs. The architecture "
+        "already has what the usual levers ask for: the MoE layer is a pre-norm residual block "
+        "(h + Σ gate · expert(LN(h))) between the conv stem and the embedding, and the dense "
+        "baseline is the same network with the same stem, embedding and head, its MoE layer "
+        "replaced by one expert of hidden k × 64. Levers were screened on a 10k-row subsample "
+        "(test acc %, mean of the seeds; dense and topk trained with the same recipe):",
+        "",
+        "| setting | lever (topk only unless noted) | dense | topk |",
+        "|---|---|---|---|",
+    ]
+    lines += [f"| {a_} | {b_} | {c_} | {d_} |" for a_, b_, c_, d_ in QUICK_EXPERIMENTS]
+    lines += [
+        "",
+        "Seed-to-seed spread in this screen is 0.1-0.4 points, so no gate-side lever (router "
+        "init, gate-value normalisation or scale, balancing weight, k = 1 with wider experts) "
+        "moved topk clearly past dense; only a strong balancing weight (α = 0.1) clearly hurt. "
+        "More training narrowed the gap (-0.15 at 3 epochs, +0.04 at 8 on 10k rows), which fits "
+        "the under-training hypothesis only weakly; the full 60k rows did not flip it (one "
+        "seed). The shipped gates are therefore unchanged, and the bench gives every variant "
+        "one more epoch than before (the same for dense), as far as the 20-minute budget on "
+        "this shared 2-core machine allows.",
+    ]
     b = res.get("part_b")
     if b:
         lines += [
@@ -274,7 +326,7 @@ def main() -> None:
     ap.add_argument("--train-size", type=int, default=20_000)
     ap.add_argument("--original-size", type=int, default=20_000)
     ap.add_argument("--added-size", type=int, default=6_000)
-    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--epochs", type=int, default=4)
     ap.add_argument("--finetune-epochs", type=int, default=2)
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--variants", default=",".join(VARIANTS))
