@@ -3,15 +3,18 @@ random at tiny budgets, and does it rank owners as full information does?
 
 For each seed: draw the scenario (fashion_five_owners, owner sizes enlarged so 1% is 60 rows
 for owner a), train the trainer's MoE (cached per seed), build D_hard (half shared, half
-held out), and for every owner x method (random, feature, gradient, funcfeat) x budget (0.25..5%
-of the owner's rows) plus full information: select on the owner side (privacy mode: D_hard
-embeddings + gradients only), fine-tune on own data + subset, measure accuracy on held-out
-D_hard and on the test set. Then an ablation on owner a at the headline budget (scoring
-checkpoint, oversampling, FuncFeat's psi in the pick).
+held out), and for every owner x method (uniform reference, random, feature, gradient,
+funcfeat) x budget (0.25..5% of the owner's rows) plus full information: select on the owner
+side (privacy mode: D_hard embeddings + gradients only), fine-tune on own data + subset, measure
+accuracy on held-out D_hard and on the test set. Then an ablation on owner a at the headline
+budget (scoring checkpoint, oversampling, per-class split, FuncFeat's psi in the pick).
 
 Usage: .venv/bin/python bench/quality.py [--quick] [--seeds N] [--no-ablation]
+  default 5 seeds: ~15 min on 2 shared cores (use --seeds 3 on a heavily loaded machine);
+  --render redoes the doc section and plot from the JSON; --ablation-only runs the ablation
+  alone (e.g. beside the grid in a second process).
 Writes bench/results/quality.json, docs/img/quality_fashion.png and the `quality` section of
-docs/BENCHMARKS.md (--quick writes only bench/results/quality_quick.json).
+docs/BENCHMARKS.md (--quick: bench/results/quality_quick.json and the markdown on stdout).
 """
 
 from __future__ import annotations
@@ -219,7 +222,7 @@ random (target ≥ 1.5×: {"met" if v["target_x_random_met"] else "**not met**"}
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="1 seed, 3 budgets, no ablation")
-    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--no-ablation", action="store_true")
     ap.add_argument("--score-checkpoint", choices=("early", "final"), default="early")
     ap.add_argument("--oversample-to", type=int, default=512)

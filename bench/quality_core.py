@@ -56,7 +56,7 @@ class BenchConfig:
     )
     budgets: tuple[float, ...] = (0.0025, 0.005, 0.01, 0.02, 0.05)  # share of an owner's rows
     methods: tuple[str, ...] = (UNIFORM, *METHODS)
-    seeds: tuple[int, ...] = (0, 1, 2)
+    seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
     base_epochs: int = 6
     base_lr: float = 2e-3
     score_checkpoint: str = "early"  # "early" (after score_epoch) or "final"
