@@ -303,6 +303,9 @@ def main() -> int:
         "cells": cells_json(cells),
     }
     log(json.dumps(out["verdict"], indent=1))
+    if not args.quick:  # the raw run first: a rendering bug must not lose it (then --render)
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        (RESULTS / "quality.json").write_text(json.dumps(out, indent=2) + "\n")
     text = render(out)
     if args.quick:  # a smoke run: never touches the docs
         RESULTS.mkdir(parents=True, exist_ok=True)

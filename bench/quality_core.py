@@ -1,14 +1,17 @@
 """Core of the quality bench: one seed's world (scenario draw, baseline, D_hard, scoring
-checkpoint), owner-side selection, and "train on own data + subset, measure the gain".
+checkpoint, control runs), owner-side selection, and "train on own data + subset, measure the
+gain against the control".
 
-Training and measuring reuse trainer_node (model_config, train_config, train_and_measure,
-hard_payload, build_dhard); this module only adds what the bench controls: owner sizes, the
-scoring checkpoint, oversampling of tiny subsets, and a per-seed baseline cache.
+Training, the early checkpoint, oversampling and the controls are trainer_node's
+(train_with_checkpoint, train_and_measure with TrainingSettings.oversample_to, Controls,
+hard_payload, build_dhard): the gain of a cell is its D_hard-eval accuracy minus that of the
+same fine-tuning schedule and seed on as many of the trainer's own rows, exactly as the product
+reports it. This module only adds what the bench controls: owner sizes, which checkpoint owners
+score with, a per-seed baseline cache, and the class-blind `uniform` reference.
 """
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import os
@@ -23,14 +26,20 @@ import torch
 
 from moe.io import load_model, save_model
 from moe.model import MoEClassifier, build_model
-from moe.train import EpochStats, embed_numpy, evaluate, train
-from mycroft.data.base import LabeledData
+from moe.train import embed_numpy, evaluate
 from mycroft.scenario import ScenarioData, build, load_scenario
 from selection import Candidates, HardSet, Head, get_strategy
-from trainer_node.baseline import Baseline, TrainerData, hard_payload, model_config, train_config
+from trainer_node.baseline import (
+    Baseline,
+    TrainerData,
+    hard_payload,
+    model_config,
+    train_config,
+    train_with_checkpoint,
+)
 from trainer_node.config import ModelSettings, TrainingSettings
 from trainer_node.dhard import build_dhard
-from trainer_node.evaluate import train_and_measure
+from trainer_node.evaluate import Controls, TrainedEval, train_and_measure
 
 CACHE = Path(tempfile.gettempdir()) / "mycroft-quality-cache"
 METHODS = ("random", "feature", "gradient", "funcfeat")
@@ -64,7 +73,8 @@ class BenchConfig:
     finetune_epochs: int = 3  # 4 gave the same gains (owner a, 1%, one seed) at 4/3 the cost
     finetune_lr: float = 1e-3
     batch_size: int = 64
-    oversample_to: int = 512  # a subset smaller than this is repeated up to it, per epoch
+    # a subset smaller than this is repeated up to it, per epoch (TrainingSettings.oversample_to)
+    oversample_to: int = 512
     replay_fraction: float = 0.5
     funcfeat_psi_in_pick: bool = False
     # "dhard": each strategy's own split, in proportion to D_hard's class counts (METHOD.md);
@@ -82,19 +92,21 @@ class BenchConfig:
             replay_fraction=self.replay_fraction,
             finetune_epochs=self.finetune_epochs,
             finetune_lr=self.finetune_lr,
+            oversample_to=self.oversample_to,
             extra={"num_threads": self.threads},
         )
 
 
 @dataclass
 class World:
-    """Everything fixed for one seed: data, baseline, D_hard, the scoring checkpoint."""
+    """Everything fixed for one seed: data, baseline (with the scoring checkpoint as
+    `base.scorer`), D_hard, the control runs."""
 
     seed: int
     scen: ScenarioData
     data: TrainerData
     base: Baseline
-    scorer: MoEClassifier  # the checkpoint owners embed with and take the head from
+    controls: Controls  # trainer_node's control runs for this baseline and training recipe
     hard: HardSet
     head: Head
     candidates: dict[str, Candidates]
@@ -115,8 +127,13 @@ class Cell:
     select_seconds: float
     dhard_accuracy: float
     test_accuracy: float
-    dhard_gain: float
-    test_gain: float
+    # the control: same schedule and seed on as many of the trainer's own rows
+    control_dhard_accuracy: float
+    control_test_accuracy: float
+    dhard_gain: float  # vs the control (what trainer_node reports)
+    test_gain: float  # vs the control
+    base_dhard_gain: float  # vs the baseline (kept for reference: flattered by the schedule)
+    base_test_gain: float
     train_seconds: float
 
 
@@ -144,18 +161,15 @@ def _train_baseline(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = build_model(mcfg)
-    early: list[MoEClassifier] = []
-
-    def keep_early(stats: EpochStats) -> None:
-        if stats.epoch + 1 == cfg.score_epoch:
-            # deepcopy fails on the model's cached aux-loss tensor: copy the weights instead
-            snap = build_model(copy.deepcopy(model.config))
-            snap.load_state_dict(model.state_dict())
-            early.append(snap.eval())
-
     start = time.perf_counter()
-    train(model, data.train, train_config(cfg.training(), seed), progress=keep_early)
-    return model, (early[0] if early else model), time.perf_counter() - start
+    tcfg = train_config(cfg.training(), seed)
+    early = train_with_checkpoint(model, data.train, tcfg, cfg.score_epoch)
+    return model, early, time.perf_counter() - start
+
+
+# Control runs shared across World objects of the same baseline and training recipe (the
+# ablation rebuilds worlds per variant; a variant that leaves training alone reuses them).
+_CONTROLS: dict[tuple[str, int, str], Controls] = {}
 
 
 def make_world(cfg: BenchConfig, seed: int, log=print) -> World:
@@ -185,17 +199,21 @@ def make_world(cfg: BenchConfig, seed: int, log=print) -> World:
         raise RuntimeError(
             f"seed {seed}: D_hard too small ({len(dhard.shared)}, {len(dhard.eval)})"
         )
-    test_metrics = evaluate(model, data.test)
     base = Baseline(
         model=model,
         config=model.config,
-        test=test_metrics,
+        test=evaluate(model, data.test),
         val=evaluate(model, data.val),
         dhard=dhard,
         dhard_eval_accuracy=evaluate(model, dhard.eval).accuracy,
         train_seconds=seconds,
+        scorer=early if cfg.score_checkpoint == "early" else model,
     )
-    scorer = early if cfg.score_checkpoint == "early" else model
+    scorer = base.scoring_model
+    key = (_cache_key(cfg, seed), seed, repr(cfg.training()))
+    controls = _CONTROLS.get(key)
+    if controls is None:
+        controls = _CONTROLS[key] = Controls(base, data, cfg.training())
     # Privacy-preserving mode: the owner gets only D_hard embeddings + closed-form gradients.
     payload = hard_payload(scorer, dhard.shared, "embedded")
     hard = HardSet(
@@ -214,7 +232,7 @@ def make_world(cfg: BenchConfig, seed: int, log=print) -> World:
         scen,
         data,
         base,
-        scorer,
+        controls,
         hard,
         Head(weight=w, bias=b),
         candidates,
@@ -230,19 +248,6 @@ def strategy_for(cfg: BenchConfig, method: str):
     if method == "funcfeat":
         return get_strategy("funcfeat", psi_in_pick=cfg.funcfeat_psi_in_pick)
     return get_strategy(method)
-
-
-def _oversampled(rows: LabeledData, target: int, name: str) -> LabeledData:
-    """Tiny subsets repeated (whole copies first, then a prefix) so they can move the model."""
-    n = len(rows)
-    idx = np.resize(np.arange(n), max(n, target))
-    return LabeledData(
-        features=rows.features[idx],
-        labels=rows.labels[idx],
-        class_names=rows.class_names,
-        row_ids=np.arange(len(idx), dtype=np.int64),
-        name=name,
-    )
 
 
 def _select_equal_split(strategy, cand: Candidates, world: World, budget: int) -> np.ndarray:
@@ -282,43 +287,63 @@ def run_cell(
         ids = strategy.select(cand, world.hard, budget, head=world.head, seed=world.seed).row_ids
     select_seconds = time.perf_counter() - t0
     pos = np.flatnonzero(np.isin(cand.row_ids, ids))
-    before_d = world.base.dhard_eval_accuracy or 0.0
-    before_t = world.base.test.accuracy
-    if len(pos) == 0:  # nothing relevant to send: the model is unchanged (as trainer_node does)
-        return Cell(
-            world.seed,
-            owner,
-            method,
-            share,
-            0,
-            None,
-            None,
-            select_seconds,
-            before_d,
-            before_t,
-            0.0,
-            0.0,
-            0.0,
-        )
+    base = TrainedEval(world.base.dhard_eval_accuracy or 0.0, world.base.test, 0.0)
+    if len(pos) == 0:  # nothing to send: the model is unchanged, gain 0 (as trainer_node does)
+        return _cell(world, owner, method, share, 0, None, None, select_seconds, base, base)
     relevant = float(world.scen.relevant(owner)[pos].mean())
     clean = ~(world.scen.noisy_label[owner][pos] | world.scen.corrupted[owner][pos])
-    subset = _oversampled(rows_all.subset(pos), cfg.oversample_to, f"{owner}-{method}")
+    subset = rows_all.subset(pos, name=f"{owner}-{method}")
+    # trainer_node oversamples the subset to settings.oversample_to in finetune mode, and the
+    # control on as many own rows gets the same number of steps
     trained = train_and_measure(
         world.base, world.data, subset, "finetune", world.seed, cfg.training()
     )
+    control = world.controls.get("finetune", world.seed, len(pos))
+    return _cell(
+        world,
+        owner,
+        method,
+        share,
+        len(pos),
+        relevant,
+        float(clean.mean()),
+        select_seconds,
+        trained,
+        control,
+    )
+
+
+def _cell(
+    world: World,
+    owner: str,
+    method: str,
+    share: float | None,
+    rows: int,
+    relevant: float | None,
+    clean: float | None,
+    select_seconds: float,
+    trained: TrainedEval,
+    control: TrainedEval,
+) -> Cell:
+    before_d = world.base.dhard_eval_accuracy or 0.0
+    before_t = world.base.test.accuracy
     return Cell(
         seed=world.seed,
         owner=owner,
         method=method,
         budget_share=share,
-        rows=len(pos),
+        rows=rows,
         relevant_share=relevant,
-        clean_share=float(clean.mean()),
+        clean_share=clean,
         select_seconds=select_seconds,
         dhard_accuracy=trained.dhard_accuracy,
         test_accuracy=trained.test.accuracy,
-        dhard_gain=trained.dhard_accuracy - before_d,
-        test_gain=trained.test.accuracy - before_t,
+        control_dhard_accuracy=control.dhard_accuracy,
+        control_test_accuracy=control.test.accuracy,
+        dhard_gain=trained.dhard_accuracy - control.dhard_accuracy,
+        test_gain=trained.test.accuracy - control.test.accuracy,
+        base_dhard_gain=trained.dhard_accuracy - before_d,
+        base_test_gain=trained.test.accuracy - before_t,
         train_seconds=trained.train_seconds,
     )
 

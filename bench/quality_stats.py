@@ -1,6 +1,10 @@
 """Aggregation for the quality bench: per-seed cells -> means with 95% CIs, share of the
 full-information gain recovered, gain relative to random, and owner-ranking agreement.
 
+Every gain here is control-relative (the cell's `dhard_gain` / `test_gain`: accuracy minus that
+of the same schedule on as many of the trainer's own rows); the baseline-relative gains are kept
+alongside as `base_dhard_gain` / `base_test_gain` for reference only.
+
 Statistics reuse trainer_node.ranking (t-interval, Spearman, Kendall tau-b)."""
 
 from __future__ import annotations
@@ -53,8 +57,12 @@ def summarise(cells: list[Cell], owners: list[str], methods: tuple[str, ...], bu
                 "rows": int(round(np.mean([c.rows for c in cs]))),
                 "dhard_accuracy": _stat([c.dhard_accuracy for c in cs]),
                 "test_accuracy": _stat([c.test_accuracy for c in cs]),
+                "control_dhard_accuracy": _stat([c.control_dhard_accuracy for c in cs]),
+                "control_test_accuracy": _stat([c.control_test_accuracy for c in cs]),
                 "dhard_gain": _stat([c.dhard_gain for c in cs]),
                 "test_gain": _stat([c.test_gain for c in cs]),
+                "base_dhard_gain": _stat([c.base_dhard_gain for c in cs]),
+                "base_test_gain": _stat([c.base_test_gain for c in cs]),
                 "relevant_share": _mean_or_none([c.relevant_share for c in cs]),
                 "clean_share": _mean_or_none([c.clean_share for c in cs]),
                 "select_seconds": float(np.mean([c.select_seconds for c in cs])),

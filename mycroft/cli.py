@@ -53,6 +53,17 @@ def _report(args: argparse.Namespace) -> int:
     return render_report_file(args.run_json, out=args.out)
 
 
+def _verbosity_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
+    # On every leaf command too, so `mycroft trainer run --config x -q` works; SUPPRESS keeps a
+    # leaf that was not given the flag from resetting what the top level set.
+    default = argparse.SUPPRESS if suppress else False
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument(
+        "-q", "--quiet", action="store_true", default=default, help="errors only, no progress"
+    )
+    group.add_argument("-v", "--verbose", action="store_true", default=default, help="debug logs")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mycroft",
@@ -60,9 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
         "chosen to fix a trainer's failures; the trainer ranks owners by utility gain.",
     )
     parser.add_argument("--version", action="version", version=f"mycroft {__version__}")
-    verbosity = parser.add_mutually_exclusive_group()
-    verbosity.add_argument("-q", "--quiet", action="store_true", help="errors only, no progress")
-    verbosity.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    _verbosity_options(parser, suppress=False)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     owner = commands.add_parser("owner", help="run or inspect a data-owner node")
@@ -112,12 +121,16 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("run_json", metavar="RUN.json", help="a run's JSON report")
     report.add_argument("--out", help="HTML path (default: next to RUN.json)")
     report.set_defaults(func=_report)
+    for leaf in (serve, inspect, health, run, sim, report):
+        _verbosity_options(leaf, suppress=True)
     return parser
 
 
 def configure_logging(quiet: bool, verbose: bool) -> None:
     level = logging.ERROR if quiet else logging.DEBUG if verbose else logging.INFO
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not verbose:  # faiss logs each CPU-specific build it probes for and does not find
+        logging.getLogger("faiss").setLevel(logging.WARNING)
     # Progress bars follow the same switch (see mycroft.progress).
     from mycroft import progress
 

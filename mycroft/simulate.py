@@ -134,6 +134,7 @@ def prepare(
     owner_tables = []
     for i, (name, path) in enumerate(owner_files.items()):
         rows = len(data.owners[name])
+        per_request = max(rows, *budgets, 1)
         if hosts == "compose":
             # compose services are owner-a, owner-b, ... in scenario order
             host, port, listen = f"owner-{chr(ord('a') + i)}", COMPOSE_PORT, "0.0.0.0"
@@ -154,10 +155,11 @@ def prepare(
         tables: list[tuple[str, dict[str, object]]] = [
             ("[owner]", owner_table_values),
             ("[data]", {"source": "npz", "path": path}),
-            # Evaluation run: the cap lets every method and budget (and "full") be answered.
-            ("[budget]", {"default_cap": rows, "max_rows_per_request": rows}),
+            # Evaluation run: the cap lets every method and budget (and "full") be answered; a
+            # budget above the owner's size is answered with all it has and a stated shortfall.
+            ("[budget]", {"default_cap": rows, "max_rows_per_request": per_request}),
             ("[[trainers]]", {"id": TRAINER_ID, "token": token, "cap": rows}),
-            ("[limits]", {"max_budget": max(rows, 1)}),
+            ("[limits]", {"max_budget": per_request}),
             ("[selection]", {"allow_full": "full" in methods}),
         ]
         tls_owner = None
