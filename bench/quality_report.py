@@ -53,17 +53,26 @@ class Index:
         )
 
 
-def owner_table(ix: Index, owner: str, methods, budgets, metric: str) -> str:
-    head = "| budget (rows) | " + " | ".join(methods) + " |"
-    lines = [head, "|" + "---|" * (len(methods) + 1)]
+def owner_table(
+    ix: Index, owner: str, methods, budgets, metric: str, control: str | None = None
+) -> str:
+    """One row per budget, one column per method; `control`: a last column with that metric of
+    the control run (the control of methods[0]'s subset size, which returns its full budget)."""
+    extra = 1 if control else 0
+    head = "| budget (rows) | " + " | ".join(methods) + (" | control |" if control else " |")
+    lines = [head, "|" + "---|" * (len(methods) + 1 + extra)]
     for share in budgets:
         rows = ix.get(owner, methods[0], share)["rows"]
         cells = [ci(ix.get(owner, m, share)[metric]) for m in methods]
+        if control:
+            cells.append(ci(ix.get(owner, methods[0], share)[control]))
         lines.append(f"| {budget_label(share, rows)} | " + " | ".join(cells) + " |")
     full = ix.get(owner, FULL, None)
+    last = f" {ci(full[control])} |" if control else ""
     lines.append(
         f"| {budget_label(None, full['rows'])} | {ci(full[metric])} (full information) |"
         + " |" * (len(methods) - 1)
+        + last
     )
     return "\n".join(lines)
 
@@ -139,13 +148,22 @@ def plot(ix: Index, owners: list[str], methods, budgets, headline: float, path: 
         y = [100 * r["dhard_accuracy"]["mean"] for r in rs]
         err = [100 * (r["dhard_accuracy"]["ci95_half"] or 0.0) for r in rs]
         left.errorbar(x, y, yerr=err, marker="o", capsize=3, label=m)
+    ctl = [ix.get(a, methods[0], s)["control_dhard_accuracy"]["mean"] for s in budgets]
+    ticks = [ix.get(a, methods[0], s)["rows"] for s in budgets]
+    left.plot(
+        ticks,
+        [100 * c for c in ctl],
+        color="gray",
+        ls=":",
+        marker="x",
+        label="control (own rows, same schedule)",
+    )
     full = ix.get(a, FULL, None)["dhard_accuracy"]
     left.axhline(100 * full["mean"], color="k", ls="--", label=f"full information ({a})")
     if full["ci95_half"] is not None:
         lo, hi = 100 * (full["mean"] - full["ci95_half"]), 100 * (full["mean"] + full["ci95_half"])
         left.axhspan(lo, hi, color="k", alpha=0.08)
     left.set_xscale("log")
-    ticks = [ix.get(a, methods[0], s)["rows"] for s in budgets]
     left.set_xticks(ticks, [str(t) for t in ticks])
     left.minorticks_off()
     left.set_xlabel(f"budget (rows of {a})")
@@ -166,8 +184,8 @@ def plot(ix: Index, owners: list[str], methods, budgets, headline: float, path: 
             label=m if m == FULL else f"{m} @ {100 * headline:g}%",
         )
     right.set_xticks(range(len(owners)), owners, rotation=15, fontsize=8)
-    right.set_ylabel("D_hard accuracy gain (points)")
-    right.set_title("Gain per owner")
+    right.set_ylabel("D_hard accuracy gain vs control (points)")
+    right.set_title("Gain over the control, per owner")
     right.axhline(0, color="k", lw=0.5)
     right.legend(fontsize=7)
     fig.tight_layout()

@@ -194,6 +194,9 @@ def _loop(
                 loss = ce + model.last_aux_loss
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
+                # Keep the value, drop the graph: a graph-attached tensor on the module would
+                # make the model impossible to deep-copy (e.g. a checkpoint taken mid-training).
+                model.last_aux_loss = model.last_aux_loss.detach()
                 if cfg.grad_clip:
                     torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
                 opt.step()

@@ -52,3 +52,23 @@ def test_without_a_checkpoint_the_final_model_scores():
     model = _model(data)
     cfg = TrainConfig(epochs=1, batch_size=64, lr=3e-3, seed=0)
     assert train_with_checkpoint(model, data, cfg, checkpoint_epoch=None) is model
+
+
+def test_a_model_can_be_deep_copied_in_the_middle_of_training():
+    import copy
+
+    data = _digits()
+    model = _model(data)
+    copies = []
+
+    from moe.train import train
+
+    train(
+        model,
+        data,
+        TrainConfig(epochs=2, batch_size=64, lr=3e-3, seed=0),
+        progress=lambda stats: copies.append(copy.deepcopy(model)),
+    )
+    assert len(copies) == 2
+    w0, _ = copies[0].head_weights()
+    assert not np.allclose(w0, model.head_weights()[0])

@@ -183,9 +183,7 @@ def train_with_checkpoint(
 
     def keep(stats: EpochStats) -> None:
         if checkpoint_epoch is not None and stats.epoch + 1 == checkpoint_epoch:
-            snapshot = build_model(copy.deepcopy(model.config))
-            snapshot.load_state_dict(model.state_dict())
-            early.append(snapshot.eval())
+            early.append(copy.deepcopy(model).eval())
 
     train(model, data, cfg, progress=keep)
     return early[0] if early else model
