@@ -102,6 +102,8 @@ def _header(data: bytes) -> dict[str, Any]:
         header = json.loads(data[8 : 8 + n].decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ModelFileError(f"model header is not valid JSON: {exc}") from exc
+    except RecursionError:  # a hostile header of deeply nested arrays
+        raise ModelFileError("model header is nested too deeply") from None
     if not isinstance(header, dict):
         raise ModelFileError("model header is not a JSON object")
     return header
@@ -122,6 +124,8 @@ def _config(header: dict[str, Any]) -> ModelConfig:
         raw = json.loads(meta[CONFIG_KEY])
     except (TypeError, json.JSONDecodeError) as exc:
         raise ModelFileError(f"model config metadata is not valid JSON: {exc}") from exc
+    except RecursionError:
+        raise ModelFileError("model config metadata is nested too deeply") from None
     try:
         return ModelConfig.from_dict(raw)
     except ConfigError as exc:

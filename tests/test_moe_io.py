@@ -187,3 +187,15 @@ def test_random_byte_corruption_never_escapes_as_another_error() -> None:
         except ModelFileError:
             refused += 1
     assert refused > 100
+
+
+def test_deeply_nested_header_is_refused_cleanly():
+    import struct
+
+    from moe.io import model_from_bytes
+    from mycroft.errors import ModelFileError
+
+    header = ("[" * 100_000 + "]" * 100_000).encode()
+    blob = struct.pack("<Q", len(header)) + header
+    with pytest.raises(ModelFileError, match="nested too deeply"):
+        model_from_bytes(blob)
