@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers_moe import tiny_config
 from safetensors.torch import save as st_save
 
 from moe.config import ModelConfig
@@ -23,23 +24,9 @@ from moe.io import (
 from moe.model import build_model
 from mycroft.errors import ConfigError, ModelFileError
 
-NAMES = tuple(str(i) for i in range(10))
-
 
 def cfg(**kw) -> ModelConfig:
-    base = dict(
-        input_shape=(1, 8, 8),
-        num_classes=10,
-        class_names=NAMES,
-        stem_dim=32,
-        conv_channels=8,
-        expert_hidden=32,
-        embed_dim=16,
-        norm_mean=(0.3,),
-        norm_std=(0.4,),
-    )
-    base.update(kw)
-    return ModelConfig(**base)
+    return tiny_config(**{"norm_mean": (0.3,), "norm_std": (0.4,), **kw})
 
 
 def tensors_and_meta(data: bytes) -> tuple[dict[str, torch.Tensor], dict[str, str]]:

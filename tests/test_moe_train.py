@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from sklearn.datasets import load_digits
+from helpers_moe import NAMES, digits, tiny_config
 
 from moe.config import ModelConfig
 from moe.model import build_model, parameter_counts
@@ -20,27 +20,9 @@ from moe.train import (
 )
 from mycroft.data.base import LabeledData
 
-NAMES = tuple(str(i) for i in range(10))
-
-
-def digits() -> LabeledData:
-    d = load_digits()
-    x = (d.images / 16.0).astype(np.float32)[:, None]
-    return LabeledData(x, d.target.astype(np.int64), NAMES, np.arange(len(x), dtype=np.int64))
-
 
 def cfg(**kw) -> ModelConfig:
-    base = dict(
-        input_shape=(1, 8, 8),
-        num_classes=10,
-        class_names=NAMES,
-        stem_dim=32,
-        conv_channels=8,
-        expert_hidden=32,
-        embed_dim=16,
-    )
-    base.update(kw)
-    return ModelConfig(**base)
+    return tiny_config(**kw)
 
 
 @pytest.fixture(scope="module")

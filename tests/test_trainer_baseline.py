@@ -2,9 +2,8 @@
 
 import numpy as np
 import torch
-from sklearn.datasets import load_digits
+from helpers_moe import digits, tiny_config
 
-from moe.config import ModelConfig
 from moe.model import build_model
 from moe.train import TrainConfig, evaluate
 from mycroft.data.base import LabeledData
@@ -12,25 +11,12 @@ from trainer_node.baseline import train_with_checkpoint
 
 
 def _digits() -> LabeledData:
-    d = load_digits()
-    x = (d.images / 16.0).astype(np.float32)[:600, None]
-    return LabeledData(
-        x, d.target[:600].astype(np.int64), tuple(map(str, range(10))), np.arange(600)
-    )
+    return digits().subset(np.arange(600))
 
 
 def _model(data: LabeledData):
     torch.manual_seed(0)
-    return build_model(
-        ModelConfig(
-            input_shape=data.input_shape,
-            num_classes=10,
-            class_names=data.class_names,
-            embed_dim=16,
-            num_experts=4,
-            top_k=2,
-        )
-    )
+    return build_model(tiny_config(num_experts=4, top_k=2))
 
 
 def test_early_checkpoint_is_a_separate_snapshot_of_the_same_run():
