@@ -12,7 +12,7 @@ Then an ablation on owner a at the headline budget (scoring checkpoint, oversamp
 split, FuncFeat's psi in the pick).
 
 Usage: .venv/bin/python bench/quality.py [--quick] [--seeds N] [--no-ablation]
-  default 5 seeds: ~20 min on 2 shared cores (use --seeds 3 on a heavily loaded machine);
+  default 5 seeds: ~12 min on 2 shared cores (use --seeds 3 on a heavily loaded machine);
   --render redoes the doc section and plot from the JSON; --ablation-only runs the ablation
   alone (e.g. beside the grid in a second process).
 Writes bench/results/quality.json, docs/img/quality_fashion.png and the `quality` section of

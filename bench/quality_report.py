@@ -14,11 +14,11 @@ def pct(x: float | None, digits: int = 1) -> str:
     return "–" if x is None else f"{100 * x:.{digits}f}"
 
 
-def ci(stat: dict[str, Any] | None, scale: float = 100.0) -> str:
+def ci(stat: dict[str, Any] | None, scale: float = 100.0, signed: bool = False) -> str:
     if stat is None:
         return "–"
     half = stat["ci95_half"]
-    m = f"{scale * stat['mean']:.1f}"
+    m = f"{scale * stat['mean']:+.1f}" if signed else f"{scale * stat['mean']:.1f}"
     return m if half is None else f"{m} ± {scale * half:.1f}"
 
 
@@ -59,20 +59,20 @@ def owner_table(
     """One row per budget, one column per method; `control`: a last column with that metric of
     the control run (the control of methods[0]'s subset size, which returns its full budget)."""
     extra = 1 if control else 0
+    signed = metric.endswith("gain")
     head = "| budget (rows) | " + " | ".join(methods) + (" | control |" if control else " |")
     lines = [head, "|" + "---|" * (len(methods) + 1 + extra)]
     for share in budgets:
         rows = ix.get(owner, methods[0], share)["rows"]
-        cells = [ci(ix.get(owner, m, share)[metric]) for m in methods]
+        cells = [ci(ix.get(owner, m, share)[metric], signed=signed) for m in methods]
         if control:
             cells.append(ci(ix.get(owner, methods[0], share)[control]))
         lines.append(f"| {budget_label(share, rows)} | " + " | ".join(cells) + " |")
     full = ix.get(owner, FULL, None)
     last = f" {ci(full[control])} |" if control else ""
     lines.append(
-        f"| {budget_label(None, full['rows'])} | {ci(full[metric])} (full information) |"
-        + " |" * (len(methods) - 1)
-        + last
+        f"| {budget_label(None, full['rows'])} | {ci(full[metric], signed=signed)} "
+        "(full information) |" + " |" * (len(methods) - 1) + last
     )
     return "\n".join(lines)
 
@@ -113,8 +113,8 @@ def owners_table(ix: Index, owners: list[str], methods, share: float) -> str:
         "|" + "---|" * (len(cols) + 3),
     ]
     for o in owners:
-        cells = [ci(ix.get(o, m, share)["dhard_gain"]) for m in methods]
-        cells.append(ci(ix.get(o, FULL, None)["dhard_gain"]))
+        cells = [ci(ix.get(o, m, share)["dhard_gain"], signed=True) for m in methods]
+        cells.append(ci(ix.get(o, FULL, None)["dhard_gain"], signed=True))
         best = ix.best(o, share)
         b, r = ix.get(o, best, share), ix.get(o, "random", share)
         clean = f"{pct(r['clean_share'], 0)}% / {pct(b['clean_share'], 0)}%"

@@ -118,17 +118,21 @@ def discussion(
         "much better a selection can look."
     )
     if 0.01 in budgets and "random" in methods:
-        rt = ix.get(a, "random", 0.01)["test_accuracy"]["mean"]
-        ot = {m: ix.get(a, m, 0.01)["test_accuracy"]["mean"] for m in ours}
-        tests = ", ".join(f"{m} {100 * t:.1f}%" for m, t in ot.items())
+        rt = ix.get(a, "random", 0.01)["test_gain"]["mean"]
+        ot = {m: ix.get(a, m, 0.01)["test_gain"]["mean"] for m in ours}
+        tests = ", ".join(f"{m} {100 * t:+.1f}" for m, t in ot.items())
         if all(t < rt for t in ot.values()):
             parts.append(
-                f"Selected rows cost test accuracy that random rows do not (owner (a), 1%: "
-                f"random {100 * rt:.1f}%, {tests}); likely because rows matched to D_hard sit on "
-                "the scarce classes' confusable boundary and pull predictions toward them."
+                f"Selected rows cost test accuracy that random rows do not (owner (a), 1%, "
+                f"test-set change vs the control: random {100 * rt:+.1f} points, {tests}); "
+                "likely because rows matched to D_hard sit on the scarce classes' confusable "
+                "boundary and pull predictions toward them."
             )
         else:
-            parts.append(f"Test accuracy on owner (a) at 1%: random {100 * rt:.1f}%, {tests}.")
+            parts.append(
+                f"Test-set change vs the control on owner (a) at 1%: random {100 * rt:+.1f} "
+                f"points, {tests}."
+            )
         rc = ix.get(b_owner, "random", 0.01)["clean_share"]
         cleans = ", ".join(
             f"{m} {100 * (ix.get(b_owner, m, 0.01)['clean_share'] or 0):.0f}%" for m in ours

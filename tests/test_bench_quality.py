@@ -69,16 +69,15 @@ def test_tiny_digits_run_is_sane():
     # (a budget below oversample_to: the control fine-tunes on oversample_to own rows)
     u_d = next(c for c in cells if c.owner == "d_irrelevant" and c.method == "uniform")
     assert 0 < u_d.rows < 128
-    runs = len(world.controls._runs)
+    assert world.controls.has_run("finetune", 0, u_d.rows)  # run by the bench, not just now
     control = world.controls.get("finetune", 0, u_d.rows)
-    assert len(world.controls._runs) == runs  # already run by the bench, not just now
     assert control is world.controls.get("finetune", 0, 128)  # the oversampled size's control
     assert u_d.dhard_gain == pytest.approx(u_d.dhard_accuracy - control.dhard_accuracy)
     full_a = next(c for c in cells if c.owner == "a_relevant" and c.method == FULL)
     # 160 relevant rows must fix a good share of D_hard, beyond what own rows do
     assert full_a.dhard_gain > 0.2
     # full information: the control on as many own rows as the owner's full set
-    assert ("finetune", 0, full_a.rows) in world.controls._runs
+    assert world.controls.has_run("finetune", 0, full_a.rows)
 
     summary = summarise(cells, owners, cfg.methods, cfg.budgets)
     ix = Index(summary)

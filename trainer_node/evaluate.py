@@ -93,15 +93,24 @@ class Controls:
         self.base, self.data, self.settings = base, data, settings
         self._runs: dict[tuple[str, int, int], TrainedEval] = {}
 
-    def get(self, mode: str, seed: int, rows: int) -> TrainedEval:
+    def has_run(self, mode: str, seed: int, rows: int) -> bool:
+        """Whether the control for these settings has been trained already (it is cached)."""
+        return self._key(mode, seed, rows) in self._runs
+
+    def _key(self, mode: str, seed: int, rows: int) -> tuple[str, int, int]:
         if mode == "finetune":
-            rows = max(rows, self.settings.oversample_to)
-        else:
-            rows = 0  # retraining on own data alone does not depend on the subset's size
-        key = (mode, seed, rows)
+            return (mode, seed, max(rows, self.settings.oversample_to))
+        return (mode, seed, 0)  # retraining on own data alone does not depend on the size
+
+    def get(self, mode: str, seed: int, rows: int) -> TrainedEval:
+        key = self._key(mode, seed, rows)
+        rows = key[2]
         if key not in self._runs:
             own = self.data.train
-            pick = np.random.default_rng([seed, rows]).choice(len(own), size=rows)
+            # distinct rows while the trainer has enough of them, like a subset of distinct rows
+            pick = np.random.default_rng([seed, rows]).choice(
+                len(own), size=rows, replace=rows > len(own)
+            )
             extra = own.subset(pick, name="control")
             self._runs[key] = train_and_measure(
                 self.base, self.data, extra, mode, seed, self.settings
