@@ -185,9 +185,11 @@ def _ranking(r: dict[str, Any]) -> str:
     return (
         '<h2 id="ranking">Ranking</h2>'
         + _table(head, rows, {0, 3, 4, 5, 6}, table_id="ranking-table")
-        + f'<p class="note">Gains are percentage points over the baseline (D_hard-eval '
-        f"{pct(b['dhard_eval_accuracy'])}%, test {pct(b['test_accuracy'])}%), mean over seeds; "
-        "the 95% CI is over seeds.</p>"
+        + '<p class="note">Gains are percentage points over a <b>control</b>: the same training '
+        "schedule and seed with the owner's rows replaced by as many of the trainer's own rows "
+        "(D_hard is the baseline's own mistakes, so any further training fixes some of them). "
+        f"Baseline before training: D_hard-eval {pct(b['dhard_eval_accuracy'])}%, test "
+        f"{pct(b['test_accuracy'])}%. Mean over seeds; the 95% CI is over seeds.</p>"
     )
 
 

@@ -105,13 +105,31 @@ def gain_chart(report: dict[str, Any]) -> str | None:
         label="test-set change (± std)",
     )
     ax.axhline(0, color="black", lw=0.8)
-    ax.set_xticks(list(x), [f"#{r['rank']} {label(r['owner'])}" for r in ranking])
-    ax.set_ylabel("percentage points")
+    ax.set_xticks(
+        list(x),
+        [f"#{r['rank']} {label(r['owner'])}" for r in ranking],
+        rotation=20,
+        ha="right",  # long owner names otherwise run into each other
+    )
+    ax.set_ylabel("percentage points over the control")
     method, budget, mode = primary(report)
     ax.set_title(f"Utility gain per owner ({label(method)}, budget {budget}, {mode})")
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     ax.grid(axis="y", alpha=0.3)
     return to_data_uri(fig)
+
+
+def _control_by_budget(owner: dict[str, Any], mode: str) -> dict[int, float]:
+    """Budget -> mean D_hard-eval accuracy of the control runs behind that budget's gains."""
+    values: dict[int, list[float]] = {}
+    for r in owner.get("results", []):
+        if (
+            r["training_mode"] == mode
+            and r["method"] != FULL_METHOD
+            and r["control_dhard_accuracy"] is not None
+        ):
+            values.setdefault(r["budget"], []).append(r["control_dhard_accuracy"])
+    return {b: sum(v) / len(v) for b, v in sorted(values.items())}
 
 
 def budget_chart(report: dict[str, Any]) -> str | None:
@@ -155,8 +173,19 @@ def budget_chart(report: dict[str, Any]) -> str | None:
                 lw=1,
                 label="full data (all its rows)",
             )
+        control = _control_by_budget(owners[name], mode)
+        if control:
+            ax.plot(
+                list(control),
+                [_pp(v) for v in control.values()],
+                color="gray",
+                ls="-.",
+                marker="x",
+                lw=1,
+                label="control (own rows, same schedule)",
+            )
         if base is not None:
-            ax.axhline(_pp(base), color="gray", ls=":", lw=1, label="baseline")
+            ax.axhline(_pp(base), color="gray", ls=":", lw=1, label="baseline (before)")
         ax.set_xscale("log", base=2)
         ax.set_xticks(budgets, [str(b) for b in budgets])
         ax.minorticks_off()

@@ -393,7 +393,7 @@ def print_summary(obj: dict[str, Any]) -> None:
     table = Table(
         title=f"Mycroft run {obj['run_id']}: owners ranked by D_hard utility gain",
         caption=f"baseline: test {_pct(b['test_accuracy'])}%, D_hard-eval "
-        f"{_pct(b['dhard_eval_accuracy'])}%; gains in percentage points",
+        f"{_pct(b['dhard_eval_accuracy'])}%; gains in points over a control run on own rows",
     )
     for col in ("rank", "owner", "setting", "D_hard gain [95% CI]", "test change", "rows"):
         table.add_column(col, justify="right" if col in ("rank", "rows") else "left")
