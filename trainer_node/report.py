@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 from dataclasses import asdict, dataclass, field
 from functools import cache
 from pathlib import Path
@@ -389,7 +390,8 @@ def print_summary(obj: dict[str, Any]) -> None:
         print(format_summary(obj))
         return
     b = obj["baseline"]
-    console = Console()
+    # Logs and CI capture are wider than rich's 80-column fallback; keep owner names whole.
+    console = Console(width=None if sys.stdout.isatty() else 120)
     table = Table(
         title=f"Mycroft run {obj['run_id']}: owners ranked by D_hard utility gain",
         caption=f"baseline: test {_pct(b['test_accuracy'])}%, D_hard-eval "
