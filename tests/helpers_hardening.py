@@ -95,15 +95,16 @@ class OwnerProcess:
         self.proc: subprocess.Popen[str] | None = None
         self.port: int | None = None
         self.log: collections.deque[str] = collections.deque(maxlen=200)
-        self._ready = threading.Event()
 
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 120.0) -> OwnerProcess:
+        # One ready event per process: a killed process's reader thread reaches EOF and sets
+        # its own event, which must not wake the start() of the process that replaces it.
+        ready = threading.Event()
         self.port = None
-        self._ready.clear()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "owner_node", "--config", str(self.config)],
             cwd=ROOT,
@@ -111,21 +112,21 @@ class OwnerProcess:
             stdout=subprocess.DEVNULL,
             text=True,
         )
-        threading.Thread(target=self._drain, args=(self.proc,), daemon=True).start()
-        if not self._ready.wait(timeout) or self.port is None:
+        threading.Thread(target=self._drain, args=(self.proc, ready), daemon=True).start()
+        if not ready.wait(timeout) or self.port is None:
             self.kill()
             raise AssertionError("owner did not start:\n" + "\n".join(self.log))
         return self
 
-    def _drain(self, proc: subprocess.Popen[str]) -> None:
+    def _drain(self, proc: subprocess.Popen[str], ready: threading.Event) -> None:
         assert proc.stderr is not None
         for line in proc.stderr:
             self.log.append(line.rstrip())
             match = re.search(r"on port (\d+)", line)
-            if match and self.port is None:
+            if match and not ready.is_set():
                 self.port = int(match.group(1))
-                self._ready.set()
-        self._ready.set()  # the process ended: wake start() instead of waiting out its timeout
+                ready.set()
+        ready.set()  # the process ended: wake start() instead of waiting out its timeout
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
