@@ -39,7 +39,7 @@ from trainer_node.baseline import (
 )
 from trainer_node.config import ModelSettings, TrainingSettings
 from trainer_node.dhard import build_dhard
-from trainer_node.evaluate import Controls, TrainedEval, train_and_measure
+from trainer_node.evaluate import Controls, TrainedEval, train_and_measure, versus_control
 
 CACHE = Path(tempfile.gettempdir()) / "mycroft-quality-cache"
 METHODS = ("random", "feature", "gradient", "funcfeat")
@@ -336,12 +336,7 @@ def _cell(
         relevant_share=relevant,
         clean_share=clean,
         select_seconds=select_seconds,
-        dhard_accuracy=trained.dhard_accuracy,
-        test_accuracy=trained.test.accuracy,
-        control_dhard_accuracy=control.dhard_accuracy,
-        control_test_accuracy=control.test.accuracy,
-        dhard_gain=trained.dhard_accuracy - control.dhard_accuracy,
-        test_gain=trained.test.accuracy - control.test.accuracy,
+        **versus_control(trained, control),
         base_dhard_gain=trained.dhard_accuracy - before_d,
         base_test_gain=trained.test.accuracy - before_t,
         train_seconds=trained.train_seconds,

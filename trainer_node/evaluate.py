@@ -81,6 +81,19 @@ class TrainedEval:
     train_seconds: float
 
 
+def versus_control(trained: TrainedEval, control: TrainedEval) -> dict[str, float | None]:
+    """A trained cell's accuracies, its control's, and the gains between them: the one place
+    that defines utility gain (the report and the quality benchmark both use it)."""
+    return {
+        "dhard_accuracy": trained.dhard_accuracy,
+        "test_accuracy": trained.test.accuracy,
+        "control_dhard_accuracy": control.dhard_accuracy,
+        "control_test_accuracy": control.test.accuracy,
+        "dhard_gain": trained.dhard_accuracy - control.dhard_accuracy,
+        "test_gain": trained.test.accuracy - control.test.accuracy,
+    }
+
+
 class Controls:
     """Control runs, one per (mode, seed, rows): the same schedule on the trainer's own rows.
 
@@ -173,12 +186,7 @@ def _seed_result(
         seed=seed,
         rows_received=len(subset),
         new_rows_charged=s.new_rows_charged,
-        dhard_accuracy=trained.dhard_accuracy,
-        test_accuracy=trained.test.accuracy,
-        control_dhard_accuracy=control.dhard_accuracy,
-        control_test_accuracy=control.test.accuracy,
-        dhard_gain=trained.dhard_accuracy - control.dhard_accuracy,
-        test_gain=trained.test.accuracy - control.test.accuracy,
+        **versus_control(trained, control),
         per_class_accuracy=per_class_list(trained.test, class_names),
         routing=routing_of(trained.test),
         selection_seconds=s.selection_seconds,
