@@ -23,6 +23,7 @@ import numpy as np
 
 from mycroft.data.base import LabeledData
 from mycroft.errors import InvalidRequest, ModelFileError
+from mycroft.files import write_atomic
 from owner_node.errors import ModelMismatch, ModelNotFound
 from selection.base import Head
 
@@ -165,7 +166,7 @@ class ModelStore:
             raise ModelFileError(f"model embeds the owner's rows to {emb.shape}, expected {(n, d)}")
         if not np.isfinite(emb).all():
             raise ModelMismatch("the model produces NaN or infinite embeddings on the owner's data")
-        _atomic_write(path, lambda f: np.save(f, emb, allow_pickle=False))
+        write_atomic(path, lambda f: np.save(f, emb, allow_pickle=False), binary=True)
         return emb
 
     def embed(self, loaded: LoadedModel, features: np.ndarray) -> np.ndarray:
@@ -271,18 +272,6 @@ class Upload:
         if not self._file.closed:
             self._file.close()
         self._tmp.unlink(missing_ok=True)
-
-
-def _atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
 
 
 def _fsync_dir(path: Path) -> None:

@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from mycroft.errors import DataError
+from mycroft.files import write_atomic
 from trainer_node import plots
-from trainer_node._files import write_atomic
 from trainer_node.report import SCHEMA_VERSION, validate_report
 
 log = logging.getLogger("mycroft.report")

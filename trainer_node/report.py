@@ -16,7 +16,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any, TextIO
 
-from trainer_node._files import write_atomic
+from mycroft.files import write_atomic
 
 SCHEMA_VERSION = "1.0"
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "mycroft" / "schemas" / "report.v1.json"

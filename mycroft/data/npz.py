@@ -8,7 +8,6 @@ Files are always opened with allow_pickle=False: object arrays are rejected, nev
 from __future__ import annotations
 
 import os
-import tempfile
 import zipfile
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import numpy as np
 from mycroft.data._checks import check_features, check_row_ids, encode_labels
 from mycroft.data.base import LabeledData
 from mycroft.errors import ConfigError, DataError
+from mycroft.files import write_atomic
 
 
 def _strings(arr: np.ndarray, where: str) -> tuple[str, ...]:
@@ -85,7 +85,6 @@ def save_npz(data: LabeledData, path: str | os.PathLike[str], compress: bool = F
     """Write `data` so that NpzSource(path).load() gives it back exactly (dtypes, shape, ids,
     names). Written to a temporary file then renamed, so a reader never sees half a file."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     arrays = {
         "features": np.ascontiguousarray(data.features, dtype=np.float32),
         "labels": np.asarray(data.labels, dtype=np.int64),
@@ -94,15 +93,8 @@ def save_npz(data: LabeledData, path: str | os.PathLike[str], compress: bool = F
         "feature_names": np.asarray(data.feature_names, dtype=np.str_).reshape(-1),
         "name": np.asarray(data.name, dtype=np.str_),
     }
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            (np.savez_compressed if compress else np.savez)(fh, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    save = np.savez_compressed if compress else np.savez
+    return write_atomic(path, lambda fh: save(fh, **arrays), binary=True)
 
 
 class NpzSource:

@@ -1,4 +1,4 @@
-"""Atomic file writes for the trainer's reports (JSON and HTML share one implementation)."""
+"""Atomic file writes: reports, owner data files and uploaded models share one implementation."""
 
 from __future__ import annotations
 
@@ -6,19 +6,23 @@ import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import TextIO
+from typing import IO
 
 
 def write_atomic(
-    path: str | os.PathLike[str], write: Callable[[TextIO], object], mode: int | None = None
+    path: str | os.PathLike[str],
+    write: Callable[[IO], object],
+    mode: int | None = None,
+    binary: bool = False,
 ) -> Path:
     """Call `write` on a temporary file in the same directory, fsync, then rename over `path`,
-    so readers never see half a file. Owner-only (mkstemp) unless `mode` is given."""
+    so readers never see half a file. Owner-only (mkstemp) unless `mode` is given; `write`
+    gets a text file (UTF-8), or a binary one with `binary=True`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
+        with os.fdopen(fd, "wb") if binary else os.fdopen(fd, "w", encoding="utf-8") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
