@@ -233,14 +233,16 @@ def prepare(
 
 
 def _wait_serving(owner: OwnerPlan, proc: subprocess.Popen, log_path: Path, timeout: float) -> None:
-    from owner_node.health import probe
+    from owner_node.config import load_config
+    from owner_node.health import probe_address, serving
 
+    address = probe_address(load_config(owner.config))  # read the config once, not per poll
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             tail = log_path.read_text()[-2000:] if log_path.exists() else ""
             raise MycroftError(f"owner {owner.name} exited with {proc.returncode}:\n{tail}")
-        if probe(owner.config, timeout=1.0):
+        if serving(address, timeout=1.0):
             return
         time.sleep(0.3)
     raise MycroftError(f"owner {owner.name} did not report SERVING within {timeout:.0f} s")

@@ -7,8 +7,6 @@ trainer's client certificate just to ask whether the node is up.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -41,10 +39,6 @@ def serving(address: str, timeout: float) -> bool:
         except grpc.RpcError:
             return False
     return reply.status == health_pb2.HealthCheckResponse.SERVING
-
-
-def probe(config_path: str | Path, timeout: float = 3.0) -> bool:
-    return serving(probe_address(load_config(config_path)), timeout)
 
 
 def check_health(config: str | None, address: str | None = None, timeout: float = 3.0) -> int:

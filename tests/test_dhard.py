@@ -2,36 +2,25 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
-from sklearn.datasets import load_digits
+from helpers_moe import digits, tiny_config
 
-from moe.config import ModelConfig
 from moe.model import build_model
 from moe.train import TrainConfig, predict, train
 from mycroft.data.base import LabeledData
 from trainer_node.dhard import build_dhard
 
-NAMES = tuple(str(i) for i in range(10))
-
 
 @pytest.fixture(scope="module")
 def setup():
-    d = load_digits()
-    x = (d.images / 16.0).astype(np.float32)[:, None]
-    data = LabeledData(
-        x, d.target.astype(np.int64), NAMES, np.arange(1000, 1000 + len(x), dtype=np.int64)
-    )
+    base = digits()
+    # ids offset from positions, so a mix-up between the two shows
+    data = dataclasses.replace(base, row_ids=base.row_ids + 1000)
     tr, val = data.subset(np.arange(0, 1797, 2)), data.subset(np.arange(1, 1797, 2))
-    cfg = ModelConfig(
-        input_shape=(1, 8, 8),
-        num_classes=10,
-        class_names=NAMES,
-        stem_dim=16,
-        conv_channels=4,
-        expert_hidden=8,
-        embed_dim=8,
-    )
+    cfg = tiny_config(stem_dim=16, conv_channels=4, expert_hidden=8, embed_dim=8)
     m = build_model(cfg, seed=0)
     # Deliberately under-trained, so there are misclassified rows in several classes.
     train(m, tr, TrainConfig(epochs=1, batch_size=64, seed=0, max_steps=8))
