@@ -86,25 +86,20 @@ def parse_select(
         )
     else:
         emb_msg = request.embedded
-        emb = grads = None
-        if emb_msg.HasField("embeddings"):
-            emb = wire.decode(
-                emb_msg.embeddings,
-                "hard_set.embedded.embeddings",
+
+        def matrix(name: str) -> np.ndarray | None:
+            if not emb_msg.HasField(name):
+                return None
+            return wire.decode(
+                getattr(emb_msg, name),
+                f"hard_set.embedded.{name}",
                 dtype="float32",
                 ndim=2,
                 max_bytes=mb,
                 finite=True,
             )
-        if emb_msg.HasField("gradients"):
-            grads = wire.decode(
-                emb_msg.gradients,
-                "hard_set.embedded.gradients",
-                dtype="float32",
-                ndim=2,
-                max_bytes=mb,
-                finite=True,
-            )
+
+        emb, grads = matrix("embeddings"), matrix("gradients")
         if emb is None and grads is None:
             raise InvalidRequest("hard_set.embedded", "needs embeddings and/or gradients")
         n = len(emb) if emb is not None else len(grads)  # type: ignore[arg-type]
