@@ -84,12 +84,15 @@ def synthetic_data(rows: int, features: int, classes: int = 10, seed: int = 0):
 def owner_mapping(
     state_dir: str, trainers: Sequence[str], cap: int, max_rows: int, **owner: Any
 ) -> dict[str, Any]:
-    """An owner config mapping (as parsed TOML) on an ephemeral loopback port."""
+    """An owner config mapping (as parsed TOML) on an ephemeral loopback port. Benchmarks
+    measure throughput, so each trainer's query allowance is as large as its row cap."""
     return {
         "owner": {"name": "bench-owner", "listen": "127.0.0.1:0", "state_dir": state_dir, **owner},
         "data": {"source": "npz", "path": "unused.npz"},  # rows are passed to build_server
-        "budget": {"default_cap": cap, "max_rows_per_request": max_rows},
-        "trainers": [{"id": t, "token": token_for(t), "cap": cap} for t in trainers],
+        "budget": {"default_cap": cap, "max_rows_per_request": max_rows, "default_queries": cap},
+        "trainers": [
+            {"id": t, "token": token_for(t), "cap": cap, "queries": cap} for t in trainers
+        ],
         "selection": {"allow_full": True},
     }
 

@@ -15,7 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from mycroft.errors import ConfigError
+from owner_node.admission import AdmissionPolicy, parse_admission
 
+DEFAULT_QUERIES = 100  # computations over the owner's rows a trainer may ask for, by default
 MIN_TOKEN_CHARS = 16  # shorter bearer tokens are guessable; refuse them at start-up
 MiB = 1024 * 1024
 
@@ -39,6 +41,10 @@ class OwnerSection:
 class BudgetSection:
     default_cap: int = 256  # distinct rows any one trainer may ever see
     max_rows_per_request: int = 128
+    # Computations over the owner's rows (Selects, model warm-ups) any one trainer may ask for.
+    # Each answer can depend on unrevealed rows through which rows it returns; the allowance
+    # bounds how many such answers a trainer gets (SECURITY.md).
+    default_queries: int = DEFAULT_QUERIES
 
 
 @dataclass(frozen=True)
@@ -47,6 +53,7 @@ class TrainerConfig:
     token: str | None  # resolved from token / token_env / token_file
     cap: int
     cert_cn: str | None = None  # client certificate common name (mutual TLS)
+    queries: int = DEFAULT_QUERIES  # query allowance
 
 
 @dataclass(frozen=True)
@@ -69,6 +76,9 @@ class LimitsSection:
     max_budget: int = 10_000  # rows per Select, on top of budget.max_rows_per_request
     max_request_id_chars: int = 128
     max_params: int = 16
+    # |value| of embedded D_hard: with owner embeddings bounded by the admission policy, no
+    # product in the selection maths can overflow, so overflow cannot depend on private rows.
+    max_abs_hard_value: int = 100_000_000
 
 
 @dataclass(frozen=True)
@@ -90,6 +100,7 @@ class OwnerConfig:
     tls: TlsConfig | None = None
     limits: LimitsSection = field(default_factory=LimitsSection)
     selection: SelectionSection = field(default_factory=SelectionSection)
+    models: AdmissionPolicy = field(default_factory=AdmissionPolicy)  # [models] admission
     base_dir: Path | None = None  # relative data paths are resolved against it
 
     def trainer(self, trainer_id: str) -> TrainerConfig | None:
@@ -111,7 +122,9 @@ def load_config(path: str | os.PathLike[str]) -> OwnerConfig:
 def parse_config(raw: Mapping[str, Any], base_dir: Path | None = None) -> OwnerConfig:
     """Validate a parsed TOML mapping. `base_dir` anchors relative paths (default: cwd)."""
     base = base_dir or Path.cwd()
-    _no_unknown(raw, "", {"owner", "data", "budget", "trainers", "tls", "limits", "selection"})
+    _no_unknown(
+        raw, "", {"owner", "data", "budget", "trainers", "tls", "limits", "selection", "models"}
+    )
     owner = _owner(_table(raw, "owner", required=True), base)
     data = dict(_table(raw, "data", required=True))
     split = data.pop("split", "train")
@@ -124,12 +137,13 @@ def parse_config(raw: Mapping[str, Any], base_dir: Path | None = None) -> OwnerC
     tls = _tls(raw["tls"], base) if "tls" in raw else None
     trainers = _trainers(raw.get("trainers", []), budget, base, tls)
     selection = _selection(_table(raw, "selection"))
+    models = parse_admission(_table(raw, "models"))
     if budget.max_rows_per_request > limits.max_budget:
         raise ConfigError(
             f"budget.max_rows_per_request: {budget.max_rows_per_request} exceeds "
             f"limits.max_budget ({limits.max_budget})"
         )
-    return OwnerConfig(owner, data, split, budget, trainers, tls, limits, selection, base)
+    return OwnerConfig(owner, data, split, budget, trainers, tls, limits, selection, models, base)
 
 
 def _owner(t: Mapping[str, Any], base: Path) -> OwnerSection:
@@ -170,6 +184,7 @@ def _budget(t: Mapping[str, Any]) -> BudgetSection:
     return BudgetSection(
         default_cap=_int(t, "budget", "default_cap", BudgetSection.default_cap, lo=0),
         max_rows_per_request=_int(t, "budget", "max_rows_per_request", 128, lo=1),
+        default_queries=_int(t, "budget", "default_queries", DEFAULT_QUERIES, lo=0),
     )
 
 
@@ -207,12 +222,15 @@ def _trainers(
         where = f"trainers[{i}]"
         if not isinstance(t, Mapping):
             raise ConfigError(f"{where}: must be a table")
-        _no_unknown(t, where, {"id", "token", "token_env", "token_file", "cap", "cert_cn"})
+        _no_unknown(
+            t, where, {"id", "token", "token_env", "token_file", "cap", "cert_cn", "queries"}
+        )
         tid = _str(t, where, "id", required=True)
         token = _token(t, where, base, required=not mutual)
         cert_cn = _str(t, where, "cert_cn") or (tid if mutual else None)
         cap = _int(t, where, "cap", budget.default_cap, lo=0)
-        out.append(TrainerConfig(tid, token, cap, cert_cn))
+        queries = _int(t, where, "queries", budget.default_queries, lo=0)
+        out.append(TrainerConfig(tid, token, cap, cert_cn, queries))
     for attr, label in (("id", "id"), ("token", "token"), ("cert_cn", "cert_cn")):
         seen: dict[Any, int] = {}
         for i, tr in enumerate(out):

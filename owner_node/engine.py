@@ -1,13 +1,21 @@
 """The owner's logic without the network: data, models, D_hard checks, running a strategy.
 
 The gRPC service is a thin layer over this class, so selection can be tested and benchmarked
-directly. Strategies run on a bounded worker pool (`submit`), never on gRPC handler threads, so
+directly. Strategies run on a bounded worker pool (`start`), never on gRPC handler threads, so
 Describe and health checks stay responsive while a selection computes.
+
+A request goes through three phases, and the order is what keeps the owner's answers free of
+information about rows it did not return:
+1. `check` (before any charge): everything that needs only the request, the model and public
+   facts (method, labels, shapes, parameter bounds, model fit). Errors name the field.
+2. D_hard (after the query charge, trainer's data only): raw D_hard rows are embedded with the
+   trainer's model. Errors still name the field: they say nothing about the owner's rows.
+3. The owner's rows: embeddings (rows that overflow become zero vectors), then the strategy. Any
+   failure here is one fixed `SelectionFailed`, whatever went wrong; details go to the log.
 """
 
 from __future__ import annotations
 
-import inspect
 import logging
 import threading
 import time
@@ -19,10 +27,19 @@ import numpy as np
 from mycroft.data.base import LabeledData
 from mycroft.errors import ConfigError, InvalidRequest
 from owner_node.config import OwnerConfig, SelectionSection
-from owner_node.errors import Busy, ModelNotFound
+from owner_node.errors import Busy, SelectionFailed
 from owner_node.models import LoadedModel, ModelStore, check_sha
 from owner_node.requests import SelectJob
-from selection.base import Candidates, HardSet, SelectionResult, Strategy, available, get_strategy
+from selection.base import (
+    Candidates,
+    HardSet,
+    SelectionResult,
+    Strategy,
+    available,
+    get_strategy,
+    wire_params,
+)
+from selection.params import ParamError
 
 log = logging.getLogger("owner_node.engine")
 PROTOCOL_VERSION = "mycroft.v1"
@@ -85,6 +102,7 @@ class Engine:
             max_embed_dim=config.limits.max_embed_dim,
             cache_size=config.selection.model_cache,
             embed_batch_size=config.selection.embed_batch_size,
+            admission=config.models,
         )
         # Row id -> position, for sending the selected rows.
         self._order = np.argsort(self.data.row_ids, kind="stable")
@@ -122,8 +140,9 @@ class Engine:
             raise RuntimeError("selection returned row ids the owner does not hold")
         return self._order[pos]
 
-    def check(self, job: SelectJob) -> Strategy:
-        """Cheap checks done on the caller's thread before queueing; returns the strategy."""
+    def check(self, job: SelectJob, trainer: str) -> tuple[Strategy, LoadedModel | None]:
+        """Phase 1, on the caller's thread before anything is charged: every check that needs
+        only the request, `trainer`'s model and public facts. Returns the strategy and model."""
         if job.method not in self.methods:
             raise InvalidRequest(
                 "method", f"{job.method!r} is not offered; offered: {', '.join(self.methods)}"
@@ -147,33 +166,73 @@ class Engine:
             raise InvalidRequest(
                 "model_sha256", f"method {job.method!r} needs the trainer's model; upload it first"
             )
-        if job.model_sha256 and self.models.size(job.model_sha256) is None:
-            raise ModelNotFound(
-                f"model_sha256: no model {job.model_sha256[:12]}… here; upload it first"
-            )
-        return strategy
+        loaded = self.models.get(trainer, job.model_sha256) if job.model_sha256 else None
+        _check_hard_set(job, strategy, loaded)
+        return strategy, loaded
 
-    def submit(self, job: SelectJob) -> Future[SelectionResult]:
-        """Check `job`, then run it on the worker pool. Busy if the pool and queue are full."""
-        strategy = self.check(job)
+    def reserve_slot(self) -> None:
+        """A place among running + queued selections; Busy (UNAVAILABLE) when all are taken."""
         if not self._slots.acquire(blocking=False):
             raise Busy("the owner is busy with other selections; retry shortly")
+
+    def release_slot(self) -> None:
+        self._slots.release()
+
+    def start(
+        self,
+        job: SelectJob,
+        strategy: Strategy,
+        loaded: LoadedModel | None,
+        rows: int,
+        trainer: str = "-",
+    ) -> Future[SelectionResult]:
+        """Run a checked job on the worker pool, in a slot taken with `reserve_slot` (released
+        when the job ends). `rows` is what the ledger granted: at most that many come back."""
         try:
-            future = self._pool.submit(self.run, job, strategy)
+            future = self._pool.submit(self.run, job, strategy, loaded, rows, trainer)
         except BaseException:
-            self._slots.release()
+            self.release_slot()
             raise
-        future.add_done_callback(lambda _: self._slots.release())
+        future.add_done_callback(lambda _: self.release_slot())
         return future
 
-    def run(self, job: SelectJob, strategy: Strategy | None = None) -> SelectionResult:
-        """The selection itself (blocking): model, embeddings, gradients, strategy."""
-        strategy = strategy or self.check(job)
+    def run(
+        self,
+        job: SelectJob,
+        strategy: Strategy,
+        loaded: LoadedModel | None,
+        rows: int | None = None,
+        trainer: str = "-",
+    ) -> SelectionResult:
+        """Phases 2 and 3 (blocking): D_hard, then the owner's rows. `rows` defaults to the
+        request's budget."""
+        rows = job.budget if rows is None else rows
         timings: dict[str, float] = {}
-        start = time.perf_counter()
-        loaded = self.models.get(job.model_sha256) if job.model_sha256 else None
-        timings["load_model"] = time.perf_counter() - start
         hard = self._hard_set(job, strategy, loaded, timings)
+        try:
+            return self._select(job, strategy, loaded, hard, rows, timings)
+        except Exception as e:  # noqa: BLE001 - phase 3 failures must all look alike
+            log.error(
+                "select trainer=%s request=%s method=%s failed over the owner's rows",
+                trainer,
+                job.request_id,
+                job.method,
+                exc_info=e,
+            )
+            raise SelectionFailed(
+                f"the selection failed on the owner's side (request {job.request_id}); the "
+                "query was charged; the owner's log has details"
+            ) from None
+
+    def _select(
+        self,
+        job: SelectJob,
+        strategy: Strategy,
+        loaded: LoadedModel | None,
+        hard: HardSet,
+        rows: int,
+        timings: dict[str, float],
+    ) -> SelectionResult:
         candidates = Candidates(row_ids=self.data.row_ids, labels=self.data.labels)
         if loaded is not None and _needs_model(strategy):
             t = time.perf_counter()
@@ -184,24 +243,17 @@ class Engine:
         if loaded is not None:
             strategy = _reuse_cache(strategy, job, loaded)
         t = time.perf_counter()
-        try:
-            result = strategy.select(
-                candidates,
-                hard,
-                job.budget,
-                head=loaded.head if loaded is not None else None,
-                seed=job.seed,
-            )
-        except ValueError as e:  # strategies validate their inputs with ValueError
-            raise InvalidRequest("hard_set", str(e)) from e
+        result = strategy.select(
+            candidates, hard, rows, head=loaded.head if loaded is not None else None, seed=job.seed
+        )
         timings["strategy"] = time.perf_counter() - t
         result.timings = {**timings, **{f"strategy.{k}": v for k, v in result.timings.items()}}
-        return self._check_result(job, result)
+        return self._check_result(job, result, rows)
 
     def warm(self, loaded: LoadedModel) -> None:
         """Keep a just-uploaded model parsed and embed the owner's rows with it in the
-        background, so the first Select does not pay for it (best effort: errors are logged
-        and surface again on that Select)."""
+        background, so the first Select does not pay for it. The caller has charged the query.
+        Best effort, and silent towards the trainer: errors are logged only."""
         self.models.remember(loaded)
 
         def embed() -> None:
@@ -221,126 +273,99 @@ class Engine:
     def _hard_set(
         self, job: SelectJob, strategy: Strategy, loaded: LoadedModel | None, timings: dict
     ) -> HardSet:
-        hard = HardSet(labels=job.labels)
-        mode = _mode_field(job)
-        if job.raw_features is not None:
-            if strategy.needs_features:
-                hard.features = job.raw_features.reshape(len(job.raw_features), -1)
-            if loaded is not None and _needs_model(strategy):
-                t = time.perf_counter()
-                hard.embeddings = self.models.embed(loaded, job.raw_features)
-                timings["embed_hard"] = time.perf_counter() - t
-                if strategy.needs_gradients:
-                    from selection.gradients import last_layer_gradients
-
-                    t = time.perf_counter()
-                    hard.gradients = last_layer_gradients(hard.embeddings, job.labels, loaded.head)
-                    timings["hard_gradients"] = time.perf_counter() - t
+        """Phase 2: D_hard as the strategy needs it. Uses only the trainer's data and model."""
+        hard = HardSet(labels=job.labels, embeddings=job.embeddings, gradients=job.gradients)
+        if job.raw_features is None:
             return hard
         if strategy.needs_features:
-            raise InvalidRequest(
-                "hard_set", f"method {job.method!r} needs raw D_hard rows (hard_set.raw)"
-            )
-        if loaded is not None:
-            if job.embeddings is not None and job.embeddings.shape[1] != loaded.embed_dim:
-                raise InvalidRequest(
-                    f"hard_set.{mode}.embeddings",
-                    f"dim {job.embeddings.shape[1]}, the model's embed_dim is {loaded.embed_dim}",
-                )
-            if job.gradients is not None and job.gradients.shape[1] != loaded.gradient_dim:
-                raise InvalidRequest(
-                    f"hard_set.{mode}.gradients",
-                    f"dim {job.gradients.shape[1]}, the model needs C*(d+1) = "
-                    f"{loaded.num_classes}*({loaded.embed_dim}+1) = {loaded.gradient_dim}",
-                )
-        if strategy.needs_embeddings and job.embeddings is None and not strategy.needs_gradients:
-            raise InvalidRequest(
-                f"hard_set.{mode}.embeddings", f"required by method {job.method!r}"
-            )
-        if strategy.needs_gradients and job.gradients is None and job.embeddings is None:
-            raise InvalidRequest(f"hard_set.{mode}.gradients", f"required by method {job.method!r}")
-        hard.embeddings = job.embeddings
-        hard.gradients = job.gradients
+            hard.features = job.raw_features.reshape(len(job.raw_features), -1)
+        if loaded is not None and _needs_model(strategy):
+            t = time.perf_counter()
+            hard.embeddings = self.models.embed(loaded, job.raw_features)
+            timings["embed_hard"] = time.perf_counter() - t
+            if strategy.needs_gradients:
+                from selection.gradients import last_layer_gradients
+
+                t = time.perf_counter()
+                hard.gradients = last_layer_gradients(hard.embeddings, job.labels, loaded.head)
+                timings["hard_gradients"] = time.perf_counter() - t
         return hard
 
-    def _check_result(self, job: SelectJob, result: SelectionResult) -> SelectionResult:
-        """A plugin strategy must never make the owner reveal more than asked."""
+    def _check_result(self, job: SelectJob, result: SelectionResult, rows: int) -> SelectionResult:
+        """A strategy, plugins included, must never make the owner reveal more than granted
+        (`full` too: it returns every row, but only `rows` of them can be paid for)."""
         ids = np.asarray(result.row_ids, dtype=np.int64).reshape(-1)
         scores = np.asarray(result.scores, dtype=np.float32).reshape(-1)
         if len(scores) != len(ids) or len(np.unique(ids)) != len(ids):
             raise RuntimeError(f"strategy {job.method!r} returned inconsistent row ids/scores")
-        if not _ignores_budget(job.method) and len(ids) > job.budget:
-            log.warning(
-                "strategy %s returned %d rows for budget %d", job.method, len(ids), job.budget
-            )
-            ids, scores = ids[: job.budget], scores[: job.budget]
+        if len(ids) > rows:
+            if not _ignores_budget(job.method):
+                log.warning("strategy %s returned %d rows for %d", job.method, len(ids), rows)
+            ids, scores = ids[:rows], scores[:rows]
         self.positions(ids)  # raises if any id is not the owner's; no copy of the rows
         result.row_ids, result.scores = ids, np.nan_to_num(scores, nan=0.0)
         return result
 
 
+def _check_hard_set(job: SelectJob, strategy: Strategy, loaded: LoadedModel | None) -> None:
+    """D_hard against the method and the model: shapes and required fields, nothing else."""
+    mode = _mode_field(job)
+    if job.raw_features is not None:
+        return
+    if strategy.needs_features:
+        raise InvalidRequest(
+            "hard_set", f"method {job.method!r} needs raw D_hard rows (hard_set.raw)"
+        )
+    if loaded is not None:
+        if job.embeddings is not None and job.embeddings.shape[1] != loaded.embed_dim:
+            raise InvalidRequest(
+                f"hard_set.{mode}.embeddings",
+                f"dim {job.embeddings.shape[1]}, the model's embed_dim is {loaded.embed_dim}",
+            )
+        if job.gradients is not None and job.gradients.shape[1] != loaded.gradient_dim:
+            raise InvalidRequest(
+                f"hard_set.{mode}.gradients",
+                f"dim {job.gradients.shape[1]}, the model needs C*(d+1) = "
+                f"{loaded.num_classes}*({loaded.embed_dim}+1) = {loaded.gradient_dim}",
+            )
+    if strategy.needs_embeddings and job.embeddings is None and not strategy.needs_gradients:
+        raise InvalidRequest(f"hard_set.{mode}.embeddings", f"required by method {job.method!r}")
+    if strategy.needs_gradients and job.gradients is None and job.embeddings is None:
+        raise InvalidRequest(f"hard_set.{mode}.gradients", f"required by method {job.method!r}")
+    if strategy.needs_hard_embeddings and job.embeddings is None:
+        raise InvalidRequest(f"hard_set.{mode}.embeddings", f"required by method {job.method!r}")
+
+
 def _reuse_cache(strategy: Strategy, job: SelectJob, loaded: LoadedModel) -> Strategy:
-    """Strategies that take a `cache=` (feature matching's per-class FAISS indexes) get one
-    per model and parameter set, so indexes are built once per model, not once per request."""
-    if "cache" not in _init_params(type(strategy)) or not hasattr(strategy, "cache"):
+    """Strategies with a `cache` (feature matching's per-class FAISS indexes) get one per model
+    and index settings, so indexes are built once per model, not once per request. The key holds
+    only what changes the cached object (`cache.key`), never per-call knobs like batch sizes."""
+    cache = getattr(strategy, "cache", None)
+    if cache is None:
         return strategy
-    key = (job.method, tuple(sorted(job.params.items())))
+    key = (job.method, getattr(cache, "key", None) or tuple(sorted(job.params.items())))
     with loaded.lock:
-        cached = loaded.cache.setdefault(key, strategy.cache)
-    if cached is strategy.cache:
+        cached = loaded.cache.setdefault(key, cache)
+    if cached is cache:
         return strategy
     return build_strategy(job.method, job.params, cache=cached)
 
 
-def _init_params(cls: type) -> dict[str, inspect.Parameter]:
-    try:
-        sig = inspect.signature(cls.__init__)
-    except (TypeError, ValueError):
-        return {}
-    return {
-        name: p
-        for name, p in sig.parameters.items()
-        if name != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
-    }
-
-
 def build_strategy(method: str, params: dict[str, float], cache: object = None) -> Strategy:
-    """The strategy with the request's parameters, coerced to the constructor's types."""
+    """The strategy with the request's parameters, each checked against the bounds the strategy
+    declares (`selection.params`) before any work: INVALID_ARGUMENT naming the parameter."""
     try:
-        cls = type(get_strategy(method))
+        kwargs: dict[str, object] = wire_params(method, params)
     except KeyError:
         raise InvalidRequest("method", f"unknown method {method!r}") from None
-    allowed = _init_params(cls)
-    allowed.pop("cache", None)  # an object, never a wire parameter
-    kwargs: dict[str, object] = {}
-    if allowed:
-        for key, value in params.items():
-            if key not in allowed:
-                raise InvalidRequest(
-                    f"params.{key}",
-                    f"not a parameter of {method!r}; known: {', '.join(allowed) or 'none'}",
-                )
-            kwargs[key] = _coerce(key, value, allowed[key].default)
-    elif params:
-        raise InvalidRequest("params", f"method {method!r} takes no parameters")
+    except ParamError as e:
+        raise InvalidRequest(f"params.{e.name}", f"{method}: {e.message}") from None
     if cache is not None:
         kwargs["cache"] = cache
     try:
         return get_strategy(method, **kwargs)
     except (TypeError, ValueError) as e:
         raise InvalidRequest("params", f"{method}: {e}") from None
-
-
-def _coerce(key: str, value: float, default: object) -> object:
-    if isinstance(default, bool):
-        if value not in (0.0, 1.0):
-            raise InvalidRequest(f"params.{key}", "must be 0 or 1")
-        return bool(value)
-    if isinstance(default, int):
-        if value != int(value):
-            raise InvalidRequest(f"params.{key}", f"must be an integer, got {value}")
-        return int(value)
-    return value
 
 
 def _needs_model(strategy: Strategy) -> bool:

@@ -35,3 +35,12 @@ class BudgetExhausted(MycroftError):
 
 class Busy(MycroftError):
     """Every selection worker is busy and the queue is full; retry later."""
+
+
+class QueryAllowanceExhausted(MycroftError):
+    """The trainer has used every query (computation over the owner's rows) it was allowed."""
+
+
+class SelectionFailed(MycroftError):
+    """A selection failed after it began computing over the owner's rows. Its message never
+    depends on the data: the query was charged, and the details stay in the owner's log."""

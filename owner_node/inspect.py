@@ -31,18 +31,26 @@ def ledger_view(config_path: str, trainer: str | None = None) -> list[dict[str, 
     db = config.owner.state_dir / "ledger.db"
     if not db.exists():
         raise ConfigError(f"owner.state_dir: no ledger at {db} (has the node run yet?)")
-    ledger = Ledger(db, {t.id: t.cap for t in config.trainers})
+    ledger = Ledger(
+        db, {t.id: t.cap for t in config.trainers}, {t.id: t.queries for t in config.trainers}
+    )
     try:
         return [
             {
                 "trainer": t,
-                "budget": asdict(ledger.budget(t)),
+                "budget": _budget(ledger, t),
                 "requests": [asdict(e) for e in ledger.entries(t)],
+                "queries": [asdict(q) for q in ledger.query_log(t)],
             }
             for t in trainers
         ]
     finally:
         ledger.close()
+
+
+def _budget(ledger: Ledger, trainer: str) -> dict[str, int]:
+    state = ledger.budget(trainer)
+    return {**asdict(state), "queries_left": state.queries_left}
 
 
 def inspect_ledger(config_path: str, trainer: str | None = None, as_json: bool = False) -> int:
@@ -54,15 +62,16 @@ def inspect_ledger(config_path: str, trainer: str | None = None, as_json: bool =
     from rich.table import Table
 
     console = Console()
-    summary = Table(title="Budget per trainer")
-    for col in ("trainer", "cap", "used", "left", "requests", "last request (UTC)"):
+    summary = Table(title="Budget per trainer: rows revealed and queries asked")
+    columns = ("trainer", "row cap", "rows used", "rows left")
+    columns += ("queries", "queries used", "queries left", "requests", "last request (UTC)")
+    for col in columns:
         summary.add_column(col, justify="left" if col == "trainer" else "right")
     for item in view:
         b, reqs = item["budget"], item["requests"]
         last = _when(reqs[-1]["timestamp"]) if reqs else "-"
-        summary.add_row(
-            item["trainer"], str(b["cap"]), str(b["used"]), str(b["left"]), str(len(reqs)), last
-        )
+        counts = ("cap", "used", "left", "queries", "queries_used", "queries_left")
+        summary.add_row(item["trainer"], *(str(b[k]) for k in counts), str(len(reqs)), last)
     console.print(summary)
     for item in view:
         if not item["requests"]:

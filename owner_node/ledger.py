@@ -1,25 +1,24 @@
-"""The budget ledger: which distinct rows each trainer has seen, durable in SQLite.
+"""The budget ledger: which distinct rows each trainer has seen and how many queries it has
+asked, durable in SQLite.
 
 Invariants (each enforced inside one BEGIN IMMEDIATE transaction, so two concurrent
-requests of the same trainer cannot both spend the last rows):
-- distinct rows ever revealed to a trainer never exceed its cap;
-- re-revealing a row costs nothing;
-- a finished request id replays the same rows, in the same order, with no new charge;
-- the charge is committed (synchronous=FULL) before the caller sends a single row.
+requests of the same trainer cannot both spend the last rows or queries):
+- distinct rows ever revealed to a trainer never exceed its cap; re-revealing a row is free;
+- every computation over the owner's rows is one query, charged (and committed) before it
+  starts; the queries charged never exceed the trainer's allowance;
+- a finished request id replays the same rows, in the same order, with no new charge of
+  either kind;
+- a row charge is committed (synchronous=FULL) before the caller sends a single row.
 
 A charge is a handful of statements whatever its size: the row ids travel as one JSON array
-(`json_each`) for the already-revealed check and the `revealed` insert, `usage` keeps each
-trainer's distinct-row count (no count(*) over `revealed` per call), and the audit is the
-`requests` row itself (ranked row ids as an int64 blob) instead of one `audit` row per row
-sent; `audit()` expands it on demand. An older ledger's per-row `audit` table is left as it
-was and no longer written: `requests` holds the same facts for those requests.
+(`json_each`), `usage` and `query_usage` keep each trainer's counts (no count(*) per call), and
+the audit is the `requests` row itself (ranked row ids as an int64 blob); `audit()` expands it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import sqlite3
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -29,39 +28,15 @@ from typing import Any
 
 import numpy as np
 
-from owner_node.errors import BudgetExhausted, RequestConflict, UnknownTrainer
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS trainers (
-    trainer TEXT PRIMARY KEY,
-    cap INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS revealed (
-    trainer TEXT NOT NULL,
-    row_id INTEGER NOT NULL,
-    request_id TEXT NOT NULL,  -- the request that first revealed it
-    PRIMARY KEY (trainer, row_id)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS requests (
-    trainer TEXT NOT NULL,
-    request_id TEXT NOT NULL,
-    method TEXT NOT NULL,
-    budget INTEGER NOT NULL,
-    fingerprint TEXT NOT NULL,
-    row_ids BLOB NOT NULL,  -- int64 little-endian, ranked order as sent
-    scores BLOB NOT NULL,  -- float32 little-endian
-    new_rows INTEGER NOT NULL,
-    cut INTEGER NOT NULL,
-    ts REAL NOT NULL,
-    note TEXT NOT NULL,  -- JSON: what the summary said (missing classes, shortfall)
-    PRIMARY KEY (trainer, request_id)
-);
-CREATE TABLE IF NOT EXISTS usage (
-    trainer TEXT PRIMARY KEY,
-    used INTEGER NOT NULL  -- this trainer's rows in `revealed`, updated in the same transaction
-);
-"""
-_VERSION = 2  # PRAGMA user_version; below 2, `usage` is rebuilt from `revealed` on open
+from owner_node.config import DEFAULT_QUERIES
+from owner_node.errors import (
+    BudgetExhausted,
+    Busy,
+    QueryAllowanceExhausted,
+    RequestConflict,
+    UnknownTrainer,
+)
+from owner_node.ledger_db import Transaction, connect, json_ids, migrate
 
 
 @dataclass(frozen=True)
@@ -69,6 +44,22 @@ class BudgetState:
     cap: int
     used: int
     left: int
+    queries: int = 0  # query allowance: Selects and warm-ups that compute over the owner's rows
+    queries_used: int = 0
+
+    @property
+    def queries_left(self) -> int:
+        return max(0, self.queries - self.queries_used)
+
+
+@dataclass(frozen=True)
+class QueryGrant:
+    """One charged query: the rows it may reveal are reserved until `Ledger.end_query`."""
+
+    trainer: str
+    request_id: str
+    rows: int  # rows this query may return: min(asked, left minus other queries' reservations)
+    budget: BudgetState  # after the query was charged
 
 
 @dataclass(frozen=True)
@@ -101,6 +92,14 @@ class AuditRecord:
 
 
 @dataclass(frozen=True)
+class QueryRecord:
+    request_id: str
+    kind: str  # "select" | "warm"
+    method: str
+    timestamp: float
+
+
+@dataclass(frozen=True)
 class PastRequest:
     method: str
     budget: int
@@ -121,29 +120,39 @@ class Ledger:
     """Thread-safe: one connection guarded by a lock (charges are short; SQLite serialises
     writers anyway). Several processes may share the file: BEGIN IMMEDIATE + busy timeout."""
 
-    def __init__(self, path: str | Path, caps: Mapping[str, int]):
+    def __init__(
+        self,
+        path: str | Path,
+        caps: Mapping[str, int],
+        queries: Mapping[str, int] | None = None,
+    ):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        # isolation_level=None: we issue BEGIN IMMEDIATE / COMMIT ourselves.
-        self._db = sqlite3.connect(
-            str(self.path), timeout=30.0, isolation_level=None, check_same_thread=False
-        )
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.execute("PRAGMA foreign_keys=ON")
-        self._db.executescript(_SCHEMA)
-        self._migrate()
-        self.set_caps(caps)
+        self._db = connect(str(self.path))
+        migrate(self._db, self._lock)
+        # Rows reserved by queries in flight, per trainer: in memory, since a restart ends them.
+        self._reserved: dict[str, int] = {}
+        self.set_caps(caps, queries)
 
-    def set_caps(self, caps: Mapping[str, int]) -> None:
-        """The config is the source of truth for caps; lowering one below `used` leaves 0."""
+    def set_caps(self, caps: Mapping[str, int], queries: Mapping[str, int] | None = None) -> None:
+        """The config is the source of truth for caps and query allowances; lowering either
+        below what was used leaves 0. A trainer missing from `queries` keeps its allowance
+        (new trainers get DEFAULT_QUERIES)."""
+        queries = queries or {}
         with self._tx():
             for trainer, cap in caps.items():
+                allowance = queries.get(trainer)
                 self._db.execute(
-                    "INSERT INTO trainers (trainer, cap) VALUES (?, ?) "
-                    "ON CONFLICT (trainer) DO UPDATE SET cap = excluded.cap",
-                    (trainer, int(cap)),
+                    "INSERT INTO trainers (trainer, cap, queries) VALUES (?, ?, ?) "
+                    "ON CONFLICT (trainer) DO UPDATE SET cap = excluded.cap, "
+                    "queries = coalesce(?, trainers.queries)",
+                    (
+                        trainer,
+                        int(cap),
+                        DEFAULT_QUERIES if allowance is None else int(allowance),
+                        None if allowance is None else int(allowance),
+                    ),
                 )
 
     def budget(self, trainer: str) -> BudgetState:
@@ -250,16 +259,94 @@ class Ledger:
                 self._db.execute(
                     "INSERT INTO revealed (trainer, row_id, request_id) "
                     "SELECT ?, value, ? FROM json_each(?)",
-                    (trainer, request_id, _json_ids(np.sort(kept_ids[kept_new]))),
+                    (trainer, request_id, json_ids(np.sort(kept_ids[kept_new]))),
                 )
                 self._db.execute(
                     "INSERT INTO usage (trainer, used) VALUES (?, ?) "
                     "ON CONFLICT (trainer) DO UPDATE SET used = used + excluded.used",
                     (trainer, new_count),
                 )
-            used = state.used + new_count
-            after = BudgetState(cap=state.cap, used=used, left=max(0, state.cap - used))
+            after = self._budget(trainer)
         return ChargeResult(kept_ids, kept_scores, new_count, cut, False, after, note)
+
+    def begin_query(
+        self, trainer: str, request_id: str, *, kind: str, method: str, rows: int
+    ) -> QueryGrant:
+        """Charge one query to `trainer`, durably, before any computation over the owner's
+        rows, and reserve up to `rows` rows of its cap for the answer.
+
+        Every refusal depends only on the trainer's own counters, never on the owner's data:
+        QueryAllowanceExhausted when no query is left; BudgetExhausted when rows are wanted
+        and the cap is spent; Busy when the trainer's own queries in flight hold every row
+        left. A query may reveal at most `grant.rows` rows, so no row is ever cut from an
+        answer (a cut would tell the trainer how many unrevealed rows ranked above its rows).
+        """
+        with self._tx():
+            state = self._budget(trainer)
+            if state.queries_left == 0:
+                raise QueryAllowanceExhausted(
+                    f"trainer {trainer!r} has used its whole query allowance ({state.queries} "
+                    "queries over the owner's rows); ask the owner to raise trainers[].queries"
+                )
+            free = state.left - self._reserved.get(trainer, 0)
+            if rows > 0 and state.left == 0:
+                raise BudgetExhausted(
+                    f"trainer {trainer!r} has used its whole budget ({state.cap} rows)"
+                )
+            if rows > 0 and free <= 0:
+                raise Busy(
+                    f"trainer {trainer!r}: every row left ({state.left}) is reserved by its own "
+                    "requests in flight; retry when they finish"
+                )
+            granted = min(rows, max(free, 0))
+            self._db.execute(
+                "INSERT INTO queries (trainer, request_id, kind, method, ts) VALUES (?, ?, ?, ?, ?)",
+                (trainer, request_id, kind, method, time.time()),
+            )
+            self._db.execute(
+                "INSERT INTO query_usage (trainer, used) VALUES (?, 1) "
+                "ON CONFLICT (trainer) DO UPDATE SET used = used + 1",
+                (trainer,),
+            )
+            self._reserved[trainer] = self._reserved.get(trainer, 0) + granted
+            after = self._budget(trainer)
+        return QueryGrant(trainer, request_id, granted, after)
+
+    def end_query(self, grant: QueryGrant) -> None:
+        """Release the query's row reservation (after its rows were charged, or it failed)."""
+        with self._lock:
+            left = self._reserved.get(grant.trainer, 0) - grant.rows
+            if left > 0:
+                self._reserved[grant.trainer] = left
+            else:
+                self._reserved.pop(grant.trainer, None)
+
+    def refund_query(self, grant: QueryGrant) -> None:
+        """Undo a query that never started computing (it waited in the queue and was cancelled).
+        A crash before the refund leaves it charged: the safe direction."""
+        self.end_query(grant)
+        with self._tx():
+            row = self._db.execute(
+                "SELECT max(rowid) FROM queries WHERE trainer = ? AND request_id = ?",
+                (grant.trainer, grant.request_id),
+            ).fetchone()
+            if row is None or row[0] is None:
+                return
+            self._db.execute("DELETE FROM queries WHERE rowid = ?", (row[0],))
+            self._db.execute(
+                "UPDATE query_usage SET used = max(used - 1, 0) WHERE trainer = ?",
+                (grant.trainer,),
+            )
+
+    def query_log(self, trainer: str) -> list[QueryRecord]:
+        """The trainer's charged queries, oldest first."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT request_id, kind, method, ts FROM queries WHERE trainer = ? "
+                "ORDER BY ts, rowid",
+                (trainer,),
+            ).fetchall()
+        return [QueryRecord(r[0], r[1], r[2], float(r[3])) for r in rows]
 
     def entries(self, trainer: str) -> list[LedgerEntry]:
         """The trainer's requests, oldest first."""
@@ -307,31 +394,20 @@ class Ledger:
 
     # --- internals; callers hold the lock ---
 
-    def _tx(self) -> _Transaction:
-        return _Transaction(self._db, self._lock)
-
-    def _migrate(self) -> None:
-        """Ledgers written before `usage` existed: count each trainer's revealed rows once."""
-        if self._db.execute("PRAGMA user_version").fetchone()[0] >= _VERSION:
-            return
-        with self._tx():
-            self._db.execute("DELETE FROM usage")
-            self._db.execute(
-                "INSERT INTO usage (trainer, used) "
-                "SELECT trainer, count(*) FROM revealed GROUP BY trainer"
-            )
-            self._db.execute(f"PRAGMA user_version = {_VERSION}")
+    def _tx(self) -> Transaction:
+        return Transaction(self._db, self._lock)
 
     def _budget(self, trainer: str) -> BudgetState:
         row = self._db.execute(
-            "SELECT t.cap, coalesce(u.used, 0) FROM trainers AS t "
-            "LEFT JOIN usage AS u ON u.trainer = t.trainer WHERE t.trainer = ?",
+            "SELECT t.cap, coalesce(u.used, 0), t.queries, coalesce(q.used, 0) FROM trainers AS t "
+            "LEFT JOIN usage AS u ON u.trainer = t.trainer "
+            "LEFT JOIN query_usage AS q ON q.trainer = t.trainer WHERE t.trainer = ?",
             (trainer,),
         ).fetchone()
         if row is None:
             raise UnknownTrainer(f"trainer {trainer!r} is not configured")
-        cap, used = int(row[0]), int(row[1])
-        return BudgetState(cap=cap, used=used, left=max(0, cap - used))
+        cap, used, queries, queries_used = (int(v) for v in row)
+        return BudgetState(cap, used, max(0, cap - used), queries, queries_used)
 
     def _already_revealed(self, trainer: str, ids: np.ndarray) -> np.ndarray:
         """Mask over `ids`: True where the row was revealed to `trainer` before (one query)."""
@@ -342,15 +418,10 @@ class Ledger:
         rows = self._db.execute(
             "SELECT row_id FROM revealed WHERE trainer = ? "
             "AND row_id IN (SELECT value FROM json_each(?))",
-            (trainer, _json_ids(ids)),
+            (trainer, json_ids(ids)),
         ).fetchall()
         seen = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
         return np.isin(ids, seen)
-
-
-def _json_ids(ids: np.ndarray) -> str:
-    """Row ids as a JSON array, bound as one parameter and read back by json_each."""
-    return "[" + ",".join(map(str, ids.tolist())) + "]"
 
 
 def _check_same(
@@ -362,25 +433,3 @@ def _check_same(
             f"(method {past.method!r}, budget {past.budget}); a retry must repeat the request "
             "exactly, a new request needs a new request_id"
         )
-
-
-class _Transaction:
-    """BEGIN IMMEDIATE under the lock; COMMIT on success, ROLLBACK on any exception."""
-
-    def __init__(self, db: sqlite3.Connection, lock: threading.Lock):
-        self._db = db
-        self._lock = lock
-
-    def __enter__(self) -> None:
-        self._lock.acquire()
-        try:
-            self._db.execute("BEGIN IMMEDIATE")
-        except BaseException:
-            self._lock.release()
-            raise
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        try:
-            self._db.execute("COMMIT" if exc_type is None else "ROLLBACK")
-        finally:
-            self._lock.release()

@@ -1,9 +1,12 @@
-"""Trainer models at the owner: content-addressed files, parsed models, owner embeddings.
+"""Trainer models at the owner: per-trainer model files, parsed models, owner embeddings.
 
-A model file is stored as state_dir/models/<sha256>.safetensors only after its hash, size,
-structure and fit to the owner's data are verified, and always via a temp file + rename, so a
+Models belong to the trainer that uploaded them: a model is stored as
+state_dir/models/<trainer key>/<sha256>.safetensors, and only that trainer can see it
+(`size`), select with it (`get`) or reuse its embeddings, so one trainer never learns what
+another uploaded. A file is stored only after its hash, size, structure, fit to the owner's
+data and the owner's admission policy are verified, and always via a temp file + rename, so a
 crash never leaves a half-written model under a valid name. Owner embeddings are cached per
-(model, data) on disk as .npy (read back with allow_pickle=False) and in memory.
+(trainer, model, data) on disk as .npy (read back with allow_pickle=False) and in memory.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import numpy as np
 from mycroft.data.base import LabeledData
 from mycroft.errors import InvalidRequest, ModelFileError
 from mycroft.files import write_atomic
+from owner_node.admission import AdmissionPolicy, admit, input_bound_of
 from owner_node.errors import ModelMismatch, ModelNotFound
 from selection.base import Head
 
@@ -35,6 +39,11 @@ def check_sha(sha: str, field_name: str = "sha256") -> str:
     if not _SHA_RE.match(sha or ""):
         raise InvalidRequest(field_name, "must be 64 lowercase hex characters")
     return sha
+
+
+def trainer_key(trainer: str) -> str:
+    """A file-name-safe key per trainer id (ids may hold any printable character)."""
+    return hashlib.sha256(trainer.encode()).hexdigest()[:24]
 
 
 def data_fingerprint(data: LabeledData) -> str:
@@ -52,6 +61,7 @@ class LoadedModel:
     """A parsed model plus the owner-side values derived from it (computed once, lazily)."""
 
     sha256: str
+    trainer: str
     model: Any  # moe.model.MoEClassifier
     head: Head
     embed_dim: int
@@ -75,30 +85,34 @@ class ModelStore:
         max_embed_dim: int,
         cache_size: int = 4,
         embed_batch_size: int = 256,
+        admission: AdmissionPolicy | None = None,
     ):
         self.dir = state_dir / "models"
         self.emb_dir = state_dir / "embeddings"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.emb_dir.mkdir(parents=True, exist_ok=True)
         self.data = data
+        self.admission = admission or AdmissionPolicy()
+        # The one number about the rows that admission uses: max |x|, rounded up to a power of 2.
+        self.input_bound = self.admission.input_bound or input_bound_of(data.features)
         self.data_fp = data_fingerprint(data)
         self.max_bytes = max_bytes
         self.max_embed_dim = max_embed_dim
         self.embed_batch_size = embed_batch_size
         self._cache_size = cache_size
-        self._loaded: OrderedDict[str, LoadedModel] = OrderedDict()
+        self._loaded: OrderedDict[tuple[str, str], LoadedModel] = OrderedDict()
         self._lock = threading.Lock()
-        self._load_locks: dict[str, threading.Lock] = {}
+        self._load_locks: dict[tuple[str, str], threading.Lock] = {}
 
-    def path(self, sha: str) -> Path:
-        return self.dir / f"{check_sha(sha)}.safetensors"
+    def path(self, trainer: str, sha: str) -> Path:
+        return self.dir / trainer_key(trainer) / f"{check_sha(sha)}.safetensors"
 
-    def size(self, sha: str) -> int | None:
-        """Size of the stored model, or None if the owner does not hold it."""
-        p = self.path(sha)
+    def size(self, trainer: str, sha: str) -> int | None:
+        """Size of `trainer`'s model `sha`, or None if that trainer has not uploaded it."""
+        p = self.path(trainer, sha)
         return p.stat().st_size if p.is_file() else None
 
-    def begin_upload(self, sha: str, total_size: int) -> Upload:
+    def begin_upload(self, trainer: str, sha: str, total_size: int) -> Upload:
         check_sha(sha, "sha256")
         if total_size <= 0:
             raise InvalidRequest("total_size", "must be positive (set it on the first chunk)")
@@ -106,35 +120,34 @@ class ModelStore:
             raise InvalidRequest(
                 "total_size", f"{total_size} bytes exceeds the owner's limit of {self.max_bytes}"
             )
-        return Upload(self, sha, total_size)
+        return Upload(self, trainer, sha, total_size)
 
-    def get(self, sha: str) -> LoadedModel:
-        """The parsed model, from memory or disk; ModelNotFound if never uploaded."""
+    def get(self, trainer: str, sha: str) -> LoadedModel:
+        """`trainer`'s parsed model, from memory or disk; ModelNotFound if it never uploaded it."""
         check_sha(sha, "model_sha256")
+        key = (trainer, sha)
         with self._lock:
-            if sha in self._loaded:
-                self._loaded.move_to_end(sha)
-                return self._loaded[sha]
-            load_lock = self._load_locks.setdefault(sha, threading.Lock())
+            if key in self._loaded:
+                self._loaded.move_to_end(key)
+                return self._loaded[key]
+            load_lock = self._load_locks.setdefault(key, threading.Lock())
         with load_lock:  # one parse per model even if many requests arrive at once
             with self._lock:
-                if sha in self._loaded:
-                    return self._loaded[sha]
-            p = self.path(sha)
+                if key in self._loaded:
+                    return self._loaded[key]
+            p = self.path(trainer, sha)
             if not p.is_file():
                 raise ModelNotFound(f"model_sha256: no model {sha[:12]}… here; upload it first")
-            loaded = self._parse(sha, p.read_bytes())
-            with self._lock:
-                self._loaded[sha] = loaded
-                while len(self._loaded) > self._cache_size:
-                    self._loaded.popitem(last=False)
+            loaded = self._parse(trainer, sha, p.read_bytes())
+            self.remember(loaded)
             return loaded
 
     def remember(self, loaded: LoadedModel) -> None:
-        """Keep a just-uploaded model parsed, so the first Select does not parse it again."""
+        """Keep a parsed model in memory (LRU), so the next Select does not parse it again."""
+        key = (loaded.trainer, loaded.sha256)
         with self._lock:
-            self._loaded.setdefault(loaded.sha256, loaded)
-            self._loaded.move_to_end(loaded.sha256)
+            self._loaded.setdefault(key, loaded)
+            self._loaded.move_to_end(key)
             while len(self._loaded) > self._cache_size:
                 self._loaded.popitem(last=False)
 
@@ -147,7 +160,8 @@ class ModelStore:
 
     def _embeddings(self, loaded: LoadedModel) -> np.ndarray:
         n, d = len(self.data), loaded.embed_dim
-        path = self.emb_dir / f"{loaded.sha256}-{self.data_fp[:16]}.npy"
+        folder = self.emb_dir / trainer_key(loaded.trainer)
+        path = folder / f"{loaded.sha256}-{self.data_fp[:16]}.npy"
         if path.is_file():
             try:
                 emb = np.load(path, allow_pickle=False)
@@ -164,8 +178,17 @@ class ModelStore:
         )
         if emb.shape != (n, d):
             raise ModelFileError(f"model embeds the owner's rows to {emb.shape}, expected {(n, d)}")
-        if not np.isfinite(emb).all():
-            raise ModelMismatch("the model produces NaN or infinite embeddings on the owner's data")
+        bad = ~np.isfinite(emb).all(axis=1)
+        if bad.any():
+            # Never an error the trainer could see: which rows overflow is a fact about private
+            # rows. Such rows become the zero vector, as far from D_hard as a row can be.
+            log.warning(
+                "model %s embeds %d owner rows to NaN/inf; they are treated as zero vectors",
+                loaded.sha256[:12],
+                int(bad.sum()),
+            )
+            emb[bad] = 0.0
+        folder.mkdir(mode=0o700, exist_ok=True)
         write_atomic(path, lambda f: np.save(f, emb, allow_pickle=False), binary=True)
         return emb
 
@@ -181,8 +204,9 @@ class ModelStore:
             raise InvalidRequest("hard_set.raw.features", "the model embeds them to NaN/inf")
         return emb
 
-    def _parse(self, sha: str, data: bytes) -> LoadedModel:
-        """Parse and check a model against the owner's data; never unpickles."""
+    def _parse(self, trainer: str, sha: str, data: bytes) -> LoadedModel:
+        """Parse and check a model against the owner's data shape and admission policy (never
+        against the rows themselves); never unpickles."""
         from moe.io import model_from_bytes
 
         try:
@@ -221,19 +245,23 @@ class ModelStore:
             )
         if not (np.isfinite(head.weight).all() and np.isfinite(head.bias).all()):
             raise ModelFileError("head weights contain NaN or infinity")
-        return LoadedModel(sha, model, head, int(cfg.embed_dim), int(cfg.num_classes))
+        admit(model, self.admission, self.input_bound)
+        return LoadedModel(sha, trainer, model, head, int(cfg.embed_dim), int(cfg.num_classes))
 
 
 class Upload:
     """A model arriving in chunks: bounded while streaming, verified before it is stored."""
 
-    def __init__(self, store: ModelStore, sha: str, total_size: int):
+    def __init__(self, store: ModelStore, trainer: str, sha: str, total_size: int):
         self.store = store
+        self.trainer = trainer
         self.sha = sha
         self.total_size = total_size
         self.received = 0
         self._hash = hashlib.sha256()
-        fd, tmp = tempfile.mkstemp(prefix=".upload-", dir=store.dir)
+        folder = store.path(trainer, sha).parent
+        folder.mkdir(mode=0o700, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".upload-", dir=folder)
         self._tmp = Path(tmp)
         self._file = os.fdopen(fd, "wb")
 
@@ -261,9 +289,10 @@ class Upload:
                 raise InvalidRequest(
                     "sha256", f"declared {self.sha[:12]}…, received bytes hash to {digest[:12]}…"
                 )
-            loaded = self.store._parse(self.sha, self._tmp.read_bytes())
-            os.replace(self._tmp, self.store.path(self.sha))
-            _fsync_dir(self.store.dir)
+            loaded = self.store._parse(self.trainer, self.sha, self._tmp.read_bytes())
+            target = self.store.path(self.trainer, self.sha)
+            os.replace(self._tmp, target)
+            _fsync_dir(target.parent)
             return loaded
         finally:
             self.abort()

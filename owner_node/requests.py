@@ -100,6 +100,12 @@ def parse_select(
             )
 
         emb, grads = matrix("embeddings"), matrix("gradients")
+        for name, arr in (("embeddings", emb), ("gradients", grads)):
+            if arr is not None and arr.size and np.abs(arr).max() > limits.max_abs_hard_value:
+                raise InvalidRequest(
+                    f"hard_set.embedded.{name}",
+                    f"values must lie within ±{limits.max_abs_hard_value:.0e}",
+                )
         if emb is None and grads is None:
             raise InvalidRequest("hard_set.embedded", "needs embeddings and/or gradients")
         n = len(emb) if emb is not None else len(grads)  # type: ignore[arg-type]
@@ -129,6 +135,8 @@ def parse_select(
             f"hard_set.{which}.labels",
             f"{len(job.labels)} D_hard rows exceed the limit of {limits.max_hard_rows}",
         )
+    if request.seed < 0:
+        raise InvalidRequest("seed", f"must be >= 0, got {request.seed}")
     job.seed = int(request.seed)
     job.params = params
     job.fingerprint = fingerprint(request)

@@ -110,7 +110,11 @@ def build_server(config: OwnerConfig, data: LabeledData | None = None) -> tuple[
     for name in ("", SERVICE_NAME):
         health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
     engine = Engine(config, data)  # loads the data: slow part, done before SERVING
-    ledger = Ledger(config.owner.state_dir / "ledger.db", {t.id: t.cap for t in config.trainers})
+    ledger = Ledger(
+        config.owner.state_dir / "ledger.db",
+        {t.id: t.cap for t in config.trainers},
+        {t.id: t.queries for t in config.trainers},
+    )
     try:
         mutual = config.tls is not None and config.tls.mutual
         servicer = OwnerServicer(engine, ledger, Authenticator(config.trainers, mutual))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import CancelledError, Future
@@ -25,7 +26,7 @@ from mycroft.v1 import owner_pb2_grpc as pb_grpc
 from owner_node import errors
 from owner_node.auth import Authenticator, Caller
 from owner_node.engine import PROTOCOL_VERSION, Engine
-from owner_node.ledger import BudgetState, ChargeResult, Ledger
+from owner_node.ledger import BudgetState, ChargeResult, Ledger, QueryGrant
 from owner_node.models import check_sha
 from owner_node.requests import SelectJob, parse_select
 from selection.base import SelectionResult
@@ -48,7 +49,9 @@ _STATUS: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
     (errors.ModelMismatch, grpc.StatusCode.FAILED_PRECONDITION),
     (errors.RequestConflict, grpc.StatusCode.ALREADY_EXISTS),
     (errors.BudgetExhausted, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (errors.QueryAllowanceExhausted, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (errors.Busy, grpc.StatusCode.UNAVAILABLE),
+    (errors.SelectionFailed, grpc.StatusCode.INTERNAL),
     (DataError, grpc.StatusCode.FAILED_PRECONDITION),
     (MycroftError, grpc.StatusCode.FAILED_PRECONDITION),
 )
@@ -149,6 +152,10 @@ class OwnerServicer(pb_grpc.DataOwnerServicer):
         self.auth = auth
         self.limits = engine.config.limits
         self.max_rows = engine.config.budget.max_rows_per_request
+        # (trainer, request id) -> set when that request's attempt ends: a retry racing the
+        # original waits and replays it instead of computing (and paying) again.
+        self._in_flight: dict[tuple[str, str], threading.Event] = {}
+        self._in_flight_lock = threading.Lock()
 
     @_rpc
     def Describe(self, request: pb.DescribeRequest, context) -> pb.DescribeResponse:
@@ -169,20 +176,29 @@ class OwnerServicer(pb_grpc.DataOwnerServicer):
 
     @_rpc
     def HasModel(self, request: pb.ModelRef, context) -> pb.ModelStatus:
-        self.auth.identify(context)
+        caller = self.auth.identify(context)
         sha = check_sha(request.sha256)
-        size = self.engine.models.size(sha)
+        size = self.engine.models.size(caller.trainer_id, sha)
         return pb.ModelStatus(sha256=sha, present=size is not None, size=size or 0)
 
     @_rpc
     def UploadModel(self, request_iterator: Iterable[pb.ModelChunk], context) -> pb.ModelStatus:
         caller = self.auth.identify(context)
+        trainer = caller.trainer_id
+        if self.ledger.budget(trainer).queries_left == 0:
+            # The warm-up after an upload is a query: refuse before reading any bytes.
+            raise errors.QueryAllowanceExhausted(
+                f"trainer {trainer!r} has used its whole query allowance; a model upload "
+                "needs one query (its warm-up embeds the owner's rows)"
+            )
         upload = None
         try:
             for chunk in request_iterator:
                 _refuse_malformed(self, chunk, context)
                 if upload is None:
-                    upload = self.engine.models.begin_upload(chunk.sha256, chunk.total_size)
+                    upload = self.engine.models.begin_upload(
+                        trainer, chunk.sha256, chunk.total_size
+                    )
                 elif (chunk.sha256 and chunk.sha256 != upload.sha) or (
                     chunk.total_size and chunk.total_size != upload.total_size
                 ):
@@ -190,11 +206,17 @@ class OwnerServicer(pb_grpc.DataOwnerServicer):
                 upload.add(chunk.data)
             if upload is None:
                 raise InvalidRequest("sha256", "empty upload: the first chunk names the model")
+            known = self.engine.models.size(trainer, upload.sha) is not None
             loaded = upload.finish()
         finally:
             if upload is not None:
                 upload.abort()
-        self.engine.warm(loaded)
+        if not known:  # a model new to this trainer: its warm-up is charged as one query
+            grant = self.ledger.begin_query(
+                trainer, f"upload:{upload.sha}", kind="warm", method="", rows=0
+            )
+            self.ledger.end_query(grant)
+            self.engine.warm(loaded)
         log.info(
             "upload trainer=%s model=%s bytes=%d",
             caller.trainer_id,
@@ -239,38 +261,78 @@ class OwnerServicer(pb_grpc.DataOwnerServicer):
             if charge is None:
                 return  # the client went away before anything was charged
             log.info(
-                "select trainer=%s request=%s method=%s mode=%s rows=%d new=%d cut=%d "
-                "replayed=%s left=%d took=%.3fs",
+                "select trainer=%s request=%s method=%s mode=%s rows=%d new=%d replayed=%s "
+                "left=%d queries_left=%d took=%.3fs timings=%s",
                 caller.trainer_id,
                 rid,
                 job.method,
                 job.mode,
                 len(charge.row_ids),
                 charge.new_rows,
-                charge.cut,
                 charge.replayed,
                 charge.budget.left,
+                charge.budget.queries_left,
                 time.perf_counter() - started,
+                _rounded(result.timings) if result is not None else {},
             )
-            yield from self._stream(job, charge, result, started)
+            yield from self._stream(job, charge, started)
         except Exception as e:  # noqa: BLE001 - every error must become a status
             _abort(context, e, "Select", rid, who)
 
     def _select(
         self, caller: Caller, job: SelectJob, context
     ) -> tuple[ChargeResult | None, SelectionResult | None]:
+        """Replay, or: check, take a slot, charge the query, compute, charge the rows."""
         trainer = caller.trainer_id
-        replay = self.ledger.replay(
-            trainer, job.request_id, job.method, job.budget, job.fingerprint
-        )
-        if replay is not None:
-            return replay, None
-        state = self.ledger.budget(trainer)
-        if state.left == 0 and state.used == 0:
-            raise errors.BudgetExhausted(f"trainer {trainer!r} has a budget cap of 0 rows")
-        result = _wait(self.engine.submit(job), context)
-        if result is None:
-            return None, None
+        key = (trainer, job.request_id)
+        while True:
+            replay = self.ledger.replay(
+                trainer, job.request_id, job.method, job.budget, job.fingerprint
+            )
+            if replay is not None:
+                return replay, None
+            with self._in_flight_lock:
+                running = self._in_flight.get(key)
+                if running is None:
+                    mine = self._in_flight[key] = threading.Event()
+                    break
+            if not _wait_event(running, context):
+                return None, None
+        try:
+            return self._compute(trainer, job, context)
+        finally:
+            with self._in_flight_lock:
+                del self._in_flight[key]
+            mine.set()
+
+    def _compute(
+        self, trainer: str, job: SelectJob, context
+    ) -> tuple[ChargeResult | None, SelectionResult | None]:
+        strategy, loaded = self.engine.check(job, trainer)
+        self.engine.reserve_slot()
+        try:
+            grant = self.ledger.begin_query(
+                trainer, job.request_id, kind="select", method=job.method, rows=job.budget
+            )
+        except BaseException:
+            self.engine.release_slot()
+            raise
+        try:
+            future = self.engine.start(job, strategy, loaded, grant.rows, trainer)
+            try:
+                result = _wait(future, context)
+            finally:
+                if future.cancelled():  # it never left the queue: nothing was computed
+                    self.ledger.refund_query(grant)
+            if result is None:
+                return None, None
+            return self._charge(trainer, job, grant, result), result
+        finally:
+            self.ledger.end_query(grant)
+
+    def _charge(
+        self, trainer: str, job: SelectJob, grant: QueryGrant, result: SelectionResult
+    ) -> ChargeResult:
         t = time.perf_counter()
         charge = self.ledger.charge(
             trainer,
@@ -282,19 +344,15 @@ class OwnerServicer(pb_grpc.DataOwnerServicer):
             fingerprint=job.fingerprint,
             note={
                 "missing_classes": [int(c) for c in result.missing_classes],
-                "shortfall_reason": _shortfall(result, job.budget),
+                "shortfall_reason": _shortfall(result, job.budget, grant),
             },
         )
         result.timings["charge"] = time.perf_counter() - t
-        return charge, result
+        if charge.cut:  # cannot happen: the grant reserved the rows; never tell the trainer
+            log.error("request %s: %d rows cut despite the reservation", job.request_id, charge.cut)
+        return charge
 
-    def _stream(
-        self,
-        job: SelectJob,
-        charge: ChargeResult,
-        result: SelectionResult | None,
-        started: float,
-    ) -> Iterator[bytes]:
+    def _stream(self, job: SelectJob, charge: ChargeResult, started: float) -> Iterator[bytes]:
         features, labels = self.engine.rows(charge.row_ids)
         per_row = int(np.prod(self.engine.data.input_shape)) * features.dtype.itemsize + 20
         for part in wire.row_chunks(len(charge.row_ids), per_row):
@@ -307,12 +365,8 @@ class OwnerServicer(pb_grpc.DataOwnerServicer):
                 charge.scores[part],
             )
         note = charge.note
-        reason = note.get("shortfall_reason") or ""
-        if charge.cut:
-            cut = f"budget cap reached: {charge.cut} new rows cut (left {charge.budget.left})"
-            reason = f"{reason}; {cut}" if reason else cut
-        timings = dict(result.timings) if result is not None else {}
-        timings["total"] = time.perf_counter() - started
+        # Only the total: per-step times (index build, OMP steps) depend on the owner's rows in
+        # ways the trainer did not pay for; they stay in the owner's log.
         yield pb.SelectChunk(
             summary=pb.SelectSummary(
                 request_id=job.request_id,
@@ -320,15 +374,28 @@ class OwnerServicer(pb_grpc.DataOwnerServicer):
                 new_rows_charged=charge.new_rows,
                 replayed=charge.replayed,
                 budget=_budget(charge.budget),
-                timings=timings,
+                timings={"total": time.perf_counter() - started},
                 missing_classes=note.get("missing_classes", []),
-                shortfall_reason=reason,
+                shortfall_reason=note.get("shortfall_reason") or "",
             )
         ).SerializeToString()
 
 
+def _wait_event(event: threading.Event, context) -> bool:
+    """Wait for another attempt of the same request within the call's deadline; False if the
+    client went away."""
+    while not event.wait(0.25):
+        remaining = context.time_remaining()
+        if remaining is not None and remaining <= 0:
+            raise _Deadline()
+        if not context.is_active():
+            return False
+    return True
+
+
 def _wait(future: Future[SelectionResult], context) -> SelectionResult | None:
-    """Wait for a selection within the call's deadline; None if the client went away."""
+    """Wait for a selection within the call's deadline; None if the client went away. A job
+    still in the queue is cancelled then; a running one finishes and its answer is dropped."""
     while True:
         remaining = context.time_remaining()
         if remaining is not None and remaining <= 0:
@@ -346,12 +413,20 @@ def _wait(future: Future[SelectionResult], context) -> SelectionResult | None:
             return None
 
 
-def _shortfall(result: SelectionResult, budget: int) -> str:
-    if result.shortfall_reason:
-        return result.shortfall_reason
-    if len(result.row_ids) < budget:
-        return f"the method returned {len(result.row_ids)} of {budget} rows"
+def _shortfall(result: SelectionResult, budget: int, grant: QueryGrant) -> str:
+    """Why fewer rows than asked. Only facts the trainer already has or was just given: its own
+    budget, and how many rows came back; nothing about rows that did not."""
+    if grant.rows < budget and len(result.row_ids) == grant.rows:
+        return f"budget cap: {grant.rows} of the trainer's rows were left for this request"
+    if len(result.row_ids) < min(budget, grant.rows):
+        return result.shortfall_reason or (
+            f"the method returned {len(result.row_ids)} of {budget} rows"
+        )
     return ""
+
+
+def _rounded(timings: dict[str, float]) -> dict[str, float]:
+    return {k: round(v, 4) for k, v in timings.items()}
 
 
 def _printable(text: str) -> str:
@@ -360,4 +435,11 @@ def _printable(text: str) -> str:
 
 
 def _budget(state: BudgetState) -> pb.Budget:
-    return pb.Budget(cap=state.cap, used=state.used, left=state.left)
+    return pb.Budget(
+        cap=state.cap,
+        used=state.used,
+        left=state.left,
+        queries=state.queries,
+        queries_used=state.queries_used,
+        queries_left=state.queries_left,
+    )

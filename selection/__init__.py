@@ -15,6 +15,8 @@ from selection.base import (
     available,
     get_strategy,
     register,
+    strategy_class,
+    wire_params,
 )
 from selection.feature import FeatureIndexCache, IndexParams
 from selection.gradients import (
@@ -23,21 +25,28 @@ from selection.gradients import (
     softmax_residuals,
 )
 from selection.omp import OMPResult, omp, omp_naive
+from selection.params import Boolean, Constraint, Interval, Options, ParamError, check_params
 
 __all__ = [
+    "Boolean",
     "Candidates",
+    "Constraint",
     "FeatureIndexCache",
     "HardSet",
     "Head",
     "IndexParams",
+    "Interval",
     "Job",
     "OMPResult",
+    "Options",
+    "ParamError",
     "Ranked",
     "SelectionResult",
     "Strategy",
     "Timer",
     "allocate",
     "available",
+    "check_params",
     "finalize",
     "get_strategy",
     "iter_last_layer_gradients",
@@ -47,5 +56,7 @@ __all__ = [
     "plan_classes",
     "register",
     "softmax_residuals",
+    "strategy_class",
     "validate",
+    "wire_params",
 ]

@@ -6,12 +6,14 @@ ordered list of owner row ids with scores. A new strategy is one module that sub
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
+
+from selection.params import Constraint, check_params
 
 if TYPE_CHECKING:  # _contract imports this module; base imports it lazily in Strategy.select
     from selection._contract import ClassPlan
@@ -122,6 +124,11 @@ class Strategy:
     needs_features: bool = False  # raw feature rows, both sides
     needs_head: bool = False  # the trainer's last layer
     ignores_budget: bool = False  # evaluation-only strategies that return every row
+    # name -> Constraint for every __init__ parameter (selection/params.py); {} takes none,
+    # None declares nothing: no parameters over the wire, unchecked keyword arguments from Python
+    param_constraints: ClassVar[dict[str, Constraint] | None] = None
+    # keyword arguments only the owner passes (objects, never wire parameters): not checked
+    local_params: ClassVar[frozenset[str]] = frozenset()
 
     def select(
         self,
@@ -199,16 +206,28 @@ def available() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def get_strategy(name: str, **params) -> Strategy:
-    """An instance of the strategy registered as `name`; KeyError lists the known names."""
+def strategy_class(name: str) -> type[Strategy]:
+    """The class registered as `name`; KeyError lists the known names."""
     _load_plugins()
     try:
-        cls = _REGISTRY[name]
+        return _REGISTRY[name]
     except KeyError:
         raise KeyError(
             f"unknown selection method {name!r}; known: {', '.join(sorted(_REGISTRY))}"
         ) from None
-    return cls(**params)
+
+
+def get_strategy(name: str, **params) -> Strategy:
+    """An instance of the strategy registered as `name`, its parameters checked against its
+    `param_constraints` (ParamError, a ValueError); KeyError lists the known names."""
+    cls = strategy_class(name)
+    return cls(**check_params(cls, params, wire=False))
+
+
+def wire_params(name: str, params: Mapping[str, float]) -> dict[str, object]:
+    """A trainer's wire parameters for strategy `name`, checked and coerced to the constructor's
+    types before any computation (ParamError names the refused one); KeyError: unknown name."""
+    return check_params(strategy_class(name), params, wire=True)
 
 
 _plugins_loaded = False

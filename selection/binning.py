@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from selection.base import Job, Ranked, Strategy, register
+from selection.params import Interval
 
 
 def bin_edges(
@@ -53,6 +54,10 @@ def min_bin_distance(
 @register("binning")
 class BinningDistance(Strategy):
     needs_features = True
+    param_constraints = {
+        "n_bins": Interval(int, 1, 1000),
+        "diverse_share": Interval(float, 0, 1),
+    }
 
     def __init__(self, n_bins: int = 5, diverse_share: float = 0.0) -> None:
         if n_bins < 1:

@@ -12,12 +12,13 @@ owns one cache; pass `cache=` to share one, or prebuild it with `FeatureIndexCac
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import astuple, dataclass, field
 
 import faiss
 import numpy as np
 
 from selection.base import Candidates, Job, Ranked, Strategy, register
+from selection.params import Interval, Options
 
 
 def l2_normalise(x: np.ndarray) -> np.ndarray:
@@ -78,6 +79,11 @@ class FeatureIndexCache:
     _indexes: dict[int, ClassIndex] = field(default_factory=dict)
     builds: int = 0  # how many class indexes were built (lets tests and owners see reuse)
 
+    @property
+    def key(self) -> tuple:
+        """What the cached indexes depend on: the index settings, nothing per call."""
+        return astuple(self.params)
+
     def clear(self) -> None:
         self._key, self._refs, self._indexes = None, (), {}
 
@@ -122,6 +128,13 @@ def round_robin(neigh: np.ndarray, sims: np.ndarray, budget: int) -> tuple[np.nd
 @register("feature")
 class FeatureMatching(Strategy):
     needs_embeddings = True
+    param_constraints = {
+        "flat_threshold": Interval(int, 1, 10_000_000),
+        "nprobe": Interval(int, 1, 65_536),
+        "ivf_storage": Options(("flat", "sq8")),  # from Python only
+        "query_batch": Interval(int, 1, 65_536),
+    }
+    local_params = frozenset({"cache"})  # an index cache object the owner passes
 
     def __init__(
         self,

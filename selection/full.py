@@ -13,6 +13,7 @@ from selection.base import Job, Ranked, Strategy, register
 @register("full")
 class FullInformation(Strategy):
     ignores_budget = True
+    param_constraints = {}  # takes no parameters
 
     def _rank(self, job: Job) -> Ranked:
         n = len(job.candidates)

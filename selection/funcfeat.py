@@ -14,6 +14,7 @@ import numpy as np
 from selection.base import register
 from selection.gradient import GradientMatching
 from selection.gradients import DEFAULT_BATCH
+from selection.params import Boolean, Interval
 
 
 def geometric_median(x: np.ndarray, iters: int = 200, tol: float = 1e-7) -> np.ndarray:
@@ -40,6 +41,11 @@ def geometric_median(x: np.ndarray, iters: int = 200, tol: float = 1e-7) -> np.n
 @register("funcfeat")
 class FuncFeat(GradientMatching):
     needs_hard_embeddings = True  # ψ is measured against D_hard's embeddings
+    param_constraints = {
+        **GradientMatching.param_constraints,
+        "lam2": Interval(float, 0, 1e6),
+        "psi_in_pick": Boolean(),
+    }
 
     def __init__(
         self,

@@ -28,6 +28,7 @@ from threadpoolctl import threadpool_limits
 from selection.base import HardSet, Head, Job, Ranked, Strategy, register
 from selection.gradients import DEFAULT_BATCH, last_layer_gradients, softmax_residuals
 from selection.omp import FactoredAtoms, omp
+from selection.params import Interval
 
 
 @register("gradient")
@@ -35,6 +36,13 @@ class GradientMatching(Strategy):
     needs_embeddings = True
     needs_gradients = True
     needs_head = True
+    param_constraints = {
+        "lam": Interval(float, 0, 1e6, closed="right"),  # OMP needs lam > 0
+        "prefilter_min": Interval(int, 1, 10_000_000, allow_none=True),  # None: no prefilter
+        "prefilter_factor": Interval(int, 1, 10_000),
+        "batch_size": Interval(int, 1, DEFAULT_BATCH),
+        "workers": Interval(int, 1, 64),
+    }
 
     def __init__(
         self,

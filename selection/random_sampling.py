@@ -11,6 +11,8 @@ from selection.base import Job, Ranked, Strategy, register
 
 @register("random")
 class RandomSelection(Strategy):
+    param_constraints = {}  # takes no parameters
+
     def _rank(self, job: Job) -> Ranked:
         rng = np.random.default_rng(job.seed)
         plan = job.plan

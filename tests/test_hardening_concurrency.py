@@ -27,6 +27,7 @@ class Outcome:
     new_rows: int = 0
     replayed: bool = False
     code: grpc.StatusCode | None = None
+    details: str = ""
     attempts: int = 0
     done: bool = False
 
@@ -50,7 +51,7 @@ def _select_until_definite(client: OwnerClient, request, retry_busy: bool) -> Ou
         try:
             got = client.select(request, timeout=60)
         except grpc.RpcError as e:
-            out.code = e.code()
+            out.code, out.details = e.code(), e.details() or ""
             if out.code == grpc.StatusCode.UNAVAILABLE and retry_busy:
                 time.sleep(0.02)
                 continue
@@ -118,9 +119,14 @@ def test_concurrent_selects_never_exceed_cap(tmp_path, data, hard, queue, retry_
     assert sum(o.new_rows for o in answered) == len(revealed)
     assert len(entries) == len(answered)
     assert sorted(r.row_id for r in audit) == sorted(r for o in answered for r in o.ids)
-    if queue >= CALLS or retry_busy:  # every request was served: 3x the cap was asked
-        assert len(revealed) == CAP
-        assert not any(o.code == grpc.StatusCode.UNAVAILABLE for o in outcomes)
+    busy = [o for o in outcomes if o.code == grpc.StatusCode.UNAVAILABLE]
+    if retry_busy:  # every request was served in the end: 3x the cap was asked
+        assert len(revealed) == CAP and not busy
+    elif queue >= CALLS:
+        # The queue holds every call; what is refused is a call that found every row left
+        # reserved by the trainer's own calls in flight (a cut would leak; a retry is served).
+        assert all("reserved by its own requests in flight" in o.details for o in busy)
+        assert answered
     else:
         assert answered, "no call was served at all"
 

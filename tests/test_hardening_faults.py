@@ -59,14 +59,21 @@ def _check_ledger_file(db: Path) -> dict[str, list[int]]:
     """Open the dead owner's ledger and check its invariants; request id -> rows, in order."""
     with sqlite3.connect(db) as raw:
         assert raw.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        counted = raw.execute("SELECT used FROM query_usage WHERE trainer = 'alice'").fetchone()
     ledger = Ledger(db, {"alice": CAP})
     try:
         audit = ledger.audit("alice")
         revealed = ledger.revealed("alice")
         entries = ledger.entries("alice")
         state = ledger.budget("alice")
+        queries = ledger.query_log("alice")
     finally:
         ledger.close()
+    # The query allowance: each computation was charged before it began, so every request
+    # whose rows were charged has its query charged, and the counter matches the log.
+    assert (counted[0] if counted else 0) == state.queries_used == len(queries)
+    assert state.queries_used <= state.queries
+    assert {e.request_id for e in entries} <= {q.request_id for q in queries}
     by_request: dict[str, list[int]] = {}
     for record in audit:
         by_request.setdefault(record.request_id, []).append(record.row_id)
@@ -95,6 +102,7 @@ def test_sigkill_mid_select_keeps_ledger_and_retries_exact(tmp_path: Path) -> No
     owner = OwnerProcess(config).start()
     seen: set[int] = set()
     where = Counter()
+    queries_before = 0
     try:
         for i in range(KILLS):
             rid = f"kill-{i}"
@@ -107,6 +115,11 @@ def test_sigkill_mid_select_keeps_ledger_and_retries_exact(tmp_path: Path) -> No
             assert not owner.alive()
             seen.update(first["ids"])
             charged = _check_ledger_file(tmp_path / "state" / "ledger.db")
+            queries_now = _queries_used(tmp_path / "state" / "ledger.db")
+            assert queries_now >= queries_before  # a kill never loses a charged query
+            if rid in charged:
+                assert queries_now > queries_before  # rows were charged: so was the query
+            queries_before = queries_now
             where[_moment(first, rid in charged)] += 1
             if rid in charged:  # whatever arrived before the crash is a prefix of the charge
                 assert first["ids"] == charged[rid][: len(first["ids"])]
@@ -135,6 +148,14 @@ def test_sigkill_mid_select_keeps_ledger_and_retries_exact(tmp_path: Path) -> No
     print(f"kill moments over {KILLS} kills: {dict(where)}")
     # Random delays must put some kills inside the call, not all after the stream ended.
     assert where["before charge"] + where["charged, stream cut"] >= 1, where
+
+
+def _queries_used(db: Path) -> int:
+    ledger = Ledger(db, {"alice": CAP})
+    try:
+        return ledger.budget("alice").queries_used
+    finally:
+        ledger.close()
 
 
 def _moment(first: dict, charged: bool) -> str:

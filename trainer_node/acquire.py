@@ -149,6 +149,16 @@ class _OwnerJob:
         problem = _check_info(info, ctx.class_names, ctx.input_shape)
         if problem:
             raise OwnerError(name, "INCOMPATIBLE", problem)
+        needed = len(self.plan) + 1  # one query per Select, one for the model's warm-up
+        if info.budget.queries and info.budget.queries_left < needed:
+            log.warning(
+                "owner=%s query allowance: %d of %d left, this run may need up to %d "
+                "(replays of an earlier run with the same run id are free)",
+                name,
+                info.budget.queries_left,
+                info.budget.queries,
+                needed,
+            )
         _, out.model_uploaded = client.ensure_model(ctx.model_bytes)
         for i, (method, budget) in enumerate(self.plan):
             ask = info.row_count if budget is None else budget
@@ -174,6 +184,11 @@ class _OwnerJob:
                 req.error = exc
                 if exc.code in _UNREACHABLE:
                     raise  # retries spent: the owner is gone, skip its remaining requests
+                if exc.code == "RESOURCE_EXHAUSTED" and "query allowance" in exc.message:
+                    # Every further request would be refused the same way: keep what was
+                    # answered, skip the rest.
+                    log.warning("owner=%s: %s; skipping its remaining requests", name, exc.message)
+                    break
                 continue
             problem = _check_subset(subset, len(ctx.class_names), ctx.input_shape)
             if problem:

@@ -18,10 +18,20 @@ class BudgetInfo:
     cap: int
     used: int
     left: int
+    queries: int = 0  # query allowance: each Select that computes (and each warm-up) is one
+    queries_used: int = 0
+    queries_left: int = 0
 
     @staticmethod
     def from_pb(b: pb.Budget) -> BudgetInfo:
-        return BudgetInfo(int(b.cap), int(b.used), int(b.left))
+        return BudgetInfo(
+            int(b.cap),
+            int(b.used),
+            int(b.left),
+            int(b.queries),
+            int(b.queries_used),
+            int(b.queries_left),
+        )
 
 
 @dataclass(frozen=True)

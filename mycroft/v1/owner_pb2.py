@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16mycroft/v1/owner.proto\x12\nmycroft.v1\"4\n\x06Tensor\x12\r\n\x05\x64type\x18\x01 \x01(\t\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"\x11\n\x0f\x44\x65scribeRequest\"\xf3\x01\n\x10\x44\x65scribeResponse\x12\x18\n\x10protocol_version\x18\x01 \x01(\t\x12\x12\n\nowner_name\x18\x02 \x01(\t\x12\x13\n\x0b\x63lass_names\x18\x03 \x03(\t\x12\x11\n\trow_count\x18\x04 \x01(\x03\x12\x13\n\x0binput_shape\x18\x05 \x03(\x03\x12\x15\n\rfeature_names\x18\x06 \x03(\t\x12\x0f\n\x07methods\x18\x07 \x03(\t\x12\x14\n\x0c\x63lass_counts\x18\x08 \x03(\x03\x12\x12\n\ntrainer_id\x18\t \x01(\t\x12\"\n\x06\x62udget\x18\n \x01(\x0b\x32\x12.mycroft.v1.Budget\"1\n\x06\x42udget\x12\x0b\n\x03\x63\x61p\x18\x01 \x01(\x03\x12\x0c\n\x04used\x18\x02 \x01(\x03\x12\x0c\n\x04left\x18\x03 \x01(\x03\"\x1a\n\x08ModelRef\x12\x0e\n\x06sha256\x18\x01 \x01(\t\"<\n\x0bModelStatus\x12\x0e\n\x06sha256\x18\x01 \x01(\t\x12\x0f\n\x07present\x18\x02 \x01(\x08\x12\x0c\n\x04size\x18\x03 \x01(\x03\">\n\nModelChunk\x12\x0e\n\x06sha256\x18\x01 \x01(\t\x12\x12\n\ntotal_size\x18\x02 \x01(\x03\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"V\n\nRawHardSet\x12$\n\x08\x66\x65\x61tures\x18\x01 \x01(\x0b\x32\x12.mycroft.v1.Tensor\x12\"\n\x06labels\x18\x02 \x01(\x0b\x32\x12.mycroft.v1.Tensor\"\x84\x01\n\x0f\x45mbeddedHardSet\x12&\n\nembeddings\x18\x01 \x01(\x0b\x32\x12.mycroft.v1.Tensor\x12%\n\tgradients\x18\x02 \x01(\x0b\x32\x12.mycroft.v1.Tensor\x12\"\n\x06labels\x18\x03 \x01(\x0b\x32\x12.mycroft.v1.Tensor\"\xb1\x02\n\rSelectRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0e\n\x06method\x18\x02 \x01(\t\x12\x0e\n\x06\x62udget\x18\x03 \x01(\x03\x12\x14\n\x0cmodel_sha256\x18\x04 \x01(\t\x12%\n\x03raw\x18\x05 \x01(\x0b\x32\x16.mycroft.v1.RawHardSetH\x00\x12/\n\x08\x65mbedded\x18\x06 \x01(\x0b\x32\x1b.mycroft.v1.EmbeddedHardSetH\x00\x12\x0c\n\x04seed\x18\x07 \x01(\x03\x12\x35\n\x06params\x18\x08 \x03(\x0b\x32%.mycroft.v1.SelectRequest.ParamsEntry\x1a-\n\x0bParamsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x42\n\n\x08hard_set\"\x9e\x01\n\tRowsChunk\x12$\n\x08\x66\x65\x61tures\x18\x01 \x01(\x0b\x32\x12.mycroft.v1.Tensor\x12\"\n\x06labels\x18\x02 \x01(\x0b\x32\x12.mycroft.v1.Tensor\x12#\n\x07row_ids\x18\x03 \x01(\x0b\x32\x12.mycroft.v1.Tensor\x12\"\n\x06scores\x18\x04 \x01(\x0b\x32\x12.mycroft.v1.Tensor\"\xa2\x02\n\rSelectSummary\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x11\n\trows_sent\x18\x02 \x01(\x03\x12\x18\n\x10new_rows_charged\x18\x03 \x01(\x03\x12\x10\n\x08replayed\x18\x04 \x01(\x08\x12\"\n\x06\x62udget\x18\x05 \x01(\x0b\x32\x12.mycroft.v1.Budget\x12\x37\n\x07timings\x18\x06 \x03(\x0b\x32&.mycroft.v1.SelectSummary.TimingsEntry\x12\x17\n\x0fmissing_classes\x18\x07 \x03(\x03\x12\x18\n\x10shortfall_reason\x18\x08 \x01(\t\x1a.\n\x0cTimingsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"m\n\x0bSelectChunk\x12%\n\x04rows\x18\x01 \x01(\x0b\x32\x15.mycroft.v1.RowsChunkH\x00\x12,\n\x07summary\x18\x02 \x01(\x0b\x32\x19.mycroft.v1.SelectSummaryH\x00\x42\t\n\x07payload\"#\n\rLedgerRequest\x12\x12\n\ntrainer_id\x18\x01 \x01(\t\"d\n\x0bLedgerEntry\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0e\n\x06method\x18\x02 \x01(\t\x12\x0c\n\x04rows\x18\x03 \x01(\x03\x12\x10\n\x08new_rows\x18\x04 \x01(\x03\x12\x11\n\ttimestamp\x18\x05 \x01(\x01\"r\n\x0eLedgerResponse\x12\x12\n\ntrainer_id\x18\x01 \x01(\t\x12\"\n\x06\x62udget\x18\x02 \x01(\x0b\x32\x12.mycroft.v1.Budget\x12(\n\x07\x65ntries\x18\x03 \x03(\x0b\x32\x17.mycroft.v1.LedgerEntry2\xd3\x02\n\tDataOwner\x12\x45\n\x08\x44\x65scribe\x12\x1b.mycroft.v1.DescribeRequest\x1a\x1c.mycroft.v1.DescribeResponse\x12\x39\n\x08HasModel\x12\x14.mycroft.v1.ModelRef\x1a\x17.mycroft.v1.ModelStatus\x12@\n\x0bUploadModel\x12\x16.mycroft.v1.ModelChunk\x1a\x17.mycroft.v1.ModelStatus(\x01\x12>\n\x06Select\x12\x19.mycroft.v1.SelectRequest\x1a\x17.mycroft.v1.SelectChunk0\x01\x12\x42\n\tGetLedger\x12\x19.mycroft.v1.LedgerRequest\x1a\x1a.mycroft.v1.LedgerResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16mycroft/v1/owner.proto\x12\nmycroft.v1\"4\n\x06Tensor\x12\r\n\x05\x64type\x18\x01 \x01(\t\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"\x11\n\x0f\x44\x65scribeRequest\"\xf3\x01\n\x10\x44\x65scribeResponse\x12\x18\n\x10protocol_version\x18\x01 \x01(\t\x12\x12\n\nowner_name\x18\x02 \x01(\t\x12\x13\n\x0b\x63lass_names\x18\x03 \x03(\t\x12\x11\n\trow_count\x18\x04 \x01(\x03\x12\x13\n\x0binput_shape\x18\x05 \x03(\x03\x12\x15\n\rfeature_names\x18\x06 \x03(\t\x12\x0f\n\x07methods\x18\x07 \x03(\t\x12\x14\n\x0c\x63lass_counts\x18\x08 \x03(\x03\x12\x12\n\ntrainer_id\x18\t \x01(\t\x12\"\n\x06\x62udget\x18\n \x01(\x0b\x32\x12.mycroft.v1.Budget\"n\n\x06\x42udget\x12\x0b\n\x03\x63\x61p\x18\x01 \x01(\x03\x12\x0c\n\x04used\x18\x02 \x01(\x03\x12\x0c\n\x04left\x18\x03 \x01(\x03\x12\x0f\n\x07queries\x18\x04 \x01(\x03\x12\x14\n\x0cqueries_used\x18\x05 \x01(\x03\x12\x14\n\x0cqueries_left\x18\x06 \x01(\x03\"\x1a\n\x08ModelRef\x12\x0e\n\x06sha256\x18\x01 \x01(\t\"<\n\x0bModelStatus\x12\x0e\n\x06sha256\x18\x01 \x01(\t\x12\x0f\n\x07present\x18\x02 \x01(\x08\x12\x0c\n\x04size\x18\x03 \x01(\x03\">\n\nModelChunk\x12\x0e\n\x06sha256\x18\x01 \x01(\t\x12\x12\n\ntotal_size\x18\x02 \x01(\x03\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"V\n\nRawHardSet\x12$\n\x08\x66\x65\x61tures\x18\x01 \x01(\x0b\x32\x12.mycroft.v1.Tensor\x12\"\n\x06labels\x18\x02 \x01(\x0b\x32\x12.mycroft.v1.Tensor\"\x84\x01\n\x0f\x45mbeddedHardSet\x12&\n\nembeddings\x18\x01 \x01(\x0b\x32\x12.mycroft.v1.Tensor\x12%\n\tgradients\x18\x02 \x01(\x0b\x32\x12.mycroft.v1.Tensor\x12\"\n\x06labels\x18\x03 \x01(\x0b\x32\x12.mycroft.v1.Tensor\"\xb1\x02\n\rSelectRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0e\n\x06method\x18\x02 \x01(\t\x12\x0e\n\x06\x62udget\x18\x03 \x01(\x03\x12\x14\n\x0cmodel_sha256\x18\x04 \x01(\t\x12%\n\x03raw\x18\x05 \x01(\x0b\x32\x16.mycroft.v1.RawHardSetH\x00\x12/\n\x08\x65mbedded\x18\x06 \x01(\x0b\x32\x1b.mycroft.v1.EmbeddedHardSetH\x00\x12\x0c\n\x04seed\x18\x07 \x01(\x03\x12\x35\n\x06params\x18\x08 \x03(\x0b\x32%.mycroft.v1.SelectRequest.ParamsEntry\x1a-\n\x0bParamsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x42\n\n\x08hard_set\"\x9e\x01\n\tRowsChunk\x12$\n\x08\x66\x65\x61tures\x18\x01 \x01(\x0b\x32\x12.mycroft.v1.Tensor\x12\"\n\x06labels\x18\x02 \x01(\x0b\x32\x12.mycroft.v1.Tensor\x12#\n\x07row_ids\x18\x03 \x01(\x0b\x32\x12.mycroft.v1.Tensor\x12\"\n\x06scores\x18\x04 \x01(\x0b\x32\x12.mycroft.v1.Tensor\"\xa2\x02\n\rSelectSummary\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x11\n\trows_sent\x18\x02 \x01(\x03\x12\x18\n\x10new_rows_charged\x18\x03 \x01(\x03\x12\x10\n\x08replayed\x18\x04 \x01(\x08\x12\"\n\x06\x62udget\x18\x05 \x01(\x0b\x32\x12.mycroft.v1.Budget\x12\x37\n\x07timings\x18\x06 \x03(\x0b\x32&.mycroft.v1.SelectSummary.TimingsEntry\x12\x17\n\x0fmissing_classes\x18\x07 \x03(\x03\x12\x18\n\x10shortfall_reason\x18\x08 \x01(\t\x1a.\n\x0cTimingsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"m\n\x0bSelectChunk\x12%\n\x04rows\x18\x01 \x01(\x0b\x32\x15.mycroft.v1.RowsChunkH\x00\x12,\n\x07summary\x18\x02 \x01(\x0b\x32\x19.mycroft.v1.SelectSummaryH\x00\x42\t\n\x07payload\"#\n\rLedgerRequest\x12\x12\n\ntrainer_id\x18\x01 \x01(\t\"d\n\x0bLedgerEntry\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0e\n\x06method\x18\x02 \x01(\t\x12\x0c\n\x04rows\x18\x03 \x01(\x03\x12\x10\n\x08new_rows\x18\x04 \x01(\x03\x12\x11\n\ttimestamp\x18\x05 \x01(\x01\"r\n\x0eLedgerResponse\x12\x12\n\ntrainer_id\x18\x01 \x01(\t\x12\"\n\x06\x62udget\x18\x02 \x01(\x0b\x32\x12.mycroft.v1.Budget\x12(\n\x07\x65ntries\x18\x03 \x03(\x0b\x32\x17.mycroft.v1.LedgerEntry2\xd3\x02\n\tDataOwner\x12\x45\n\x08\x44\x65scribe\x12\x1b.mycroft.v1.DescribeRequest\x1a\x1c.mycroft.v1.DescribeResponse\x12\x39\n\x08HasModel\x12\x14.mycroft.v1.ModelRef\x1a\x17.mycroft.v1.ModelStatus\x12@\n\x0bUploadModel\x12\x16.mycroft.v1.ModelChunk\x1a\x17.mycroft.v1.ModelStatus(\x01\x12>\n\x06Select\x12\x19.mycroft.v1.SelectRequest\x1a\x17.mycroft.v1.SelectChunk0\x01\x12\x42\n\tGetLedger\x12\x19.mycroft.v1.LedgerRequest\x1a\x1a.mycroft.v1.LedgerResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -42,35 +42,35 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DESCRIBERESPONSE']._serialized_start=112
   _globals['_DESCRIBERESPONSE']._serialized_end=355
   _globals['_BUDGET']._serialized_start=357
-  _globals['_BUDGET']._serialized_end=406
-  _globals['_MODELREF']._serialized_start=408
-  _globals['_MODELREF']._serialized_end=434
-  _globals['_MODELSTATUS']._serialized_start=436
-  _globals['_MODELSTATUS']._serialized_end=496
-  _globals['_MODELCHUNK']._serialized_start=498
-  _globals['_MODELCHUNK']._serialized_end=560
-  _globals['_RAWHARDSET']._serialized_start=562
-  _globals['_RAWHARDSET']._serialized_end=648
-  _globals['_EMBEDDEDHARDSET']._serialized_start=651
-  _globals['_EMBEDDEDHARDSET']._serialized_end=783
-  _globals['_SELECTREQUEST']._serialized_start=786
-  _globals['_SELECTREQUEST']._serialized_end=1091
-  _globals['_SELECTREQUEST_PARAMSENTRY']._serialized_start=1034
-  _globals['_SELECTREQUEST_PARAMSENTRY']._serialized_end=1079
-  _globals['_ROWSCHUNK']._serialized_start=1094
-  _globals['_ROWSCHUNK']._serialized_end=1252
-  _globals['_SELECTSUMMARY']._serialized_start=1255
-  _globals['_SELECTSUMMARY']._serialized_end=1545
-  _globals['_SELECTSUMMARY_TIMINGSENTRY']._serialized_start=1499
-  _globals['_SELECTSUMMARY_TIMINGSENTRY']._serialized_end=1545
-  _globals['_SELECTCHUNK']._serialized_start=1547
-  _globals['_SELECTCHUNK']._serialized_end=1656
-  _globals['_LEDGERREQUEST']._serialized_start=1658
-  _globals['_LEDGERREQUEST']._serialized_end=1693
-  _globals['_LEDGERENTRY']._serialized_start=1695
-  _globals['_LEDGERENTRY']._serialized_end=1795
-  _globals['_LEDGERRESPONSE']._serialized_start=1797
-  _globals['_LEDGERRESPONSE']._serialized_end=1911
-  _globals['_DATAOWNER']._serialized_start=1914
-  _globals['_DATAOWNER']._serialized_end=2253
+  _globals['_BUDGET']._serialized_end=467
+  _globals['_MODELREF']._serialized_start=469
+  _globals['_MODELREF']._serialized_end=495
+  _globals['_MODELSTATUS']._serialized_start=497
+  _globals['_MODELSTATUS']._serialized_end=557
+  _globals['_MODELCHUNK']._serialized_start=559
+  _globals['_MODELCHUNK']._serialized_end=621
+  _globals['_RAWHARDSET']._serialized_start=623
+  _globals['_RAWHARDSET']._serialized_end=709
+  _globals['_EMBEDDEDHARDSET']._serialized_start=712
+  _globals['_EMBEDDEDHARDSET']._serialized_end=844
+  _globals['_SELECTREQUEST']._serialized_start=847
+  _globals['_SELECTREQUEST']._serialized_end=1152
+  _globals['_SELECTREQUEST_PARAMSENTRY']._serialized_start=1095
+  _globals['_SELECTREQUEST_PARAMSENTRY']._serialized_end=1140
+  _globals['_ROWSCHUNK']._serialized_start=1155
+  _globals['_ROWSCHUNK']._serialized_end=1313
+  _globals['_SELECTSUMMARY']._serialized_start=1316
+  _globals['_SELECTSUMMARY']._serialized_end=1606
+  _globals['_SELECTSUMMARY_TIMINGSENTRY']._serialized_start=1560
+  _globals['_SELECTSUMMARY_TIMINGSENTRY']._serialized_end=1606
+  _globals['_SELECTCHUNK']._serialized_start=1608
+  _globals['_SELECTCHUNK']._serialized_end=1717
+  _globals['_LEDGERREQUEST']._serialized_start=1719
+  _globals['_LEDGERREQUEST']._serialized_end=1754
+  _globals['_LEDGERENTRY']._serialized_start=1756
+  _globals['_LEDGERENTRY']._serialized_end=1856
+  _globals['_LEDGERRESPONSE']._serialized_start=1858
+  _globals['_LEDGERRESPONSE']._serialized_end=1972
+  _globals['_DATAOWNER']._serialized_start=1975
+  _globals['_DATAOWNER']._serialized_end=2314
 # @@protoc_insertion_point(module_scope)

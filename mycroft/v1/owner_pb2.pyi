@@ -45,14 +45,20 @@ class DescribeResponse(_message.Message):
     def __init__(self, protocol_version: _Optional[str] = ..., owner_name: _Optional[str] = ..., class_names: _Optional[_Iterable[str]] = ..., row_count: _Optional[int] = ..., input_shape: _Optional[_Iterable[int]] = ..., feature_names: _Optional[_Iterable[str]] = ..., methods: _Optional[_Iterable[str]] = ..., class_counts: _Optional[_Iterable[int]] = ..., trainer_id: _Optional[str] = ..., budget: _Optional[_Union[Budget, _Mapping]] = ...) -> None: ...
 
 class Budget(_message.Message):
-    __slots__ = ("cap", "used", "left")
+    __slots__ = ("cap", "used", "left", "queries", "queries_used", "queries_left")
     CAP_FIELD_NUMBER: _ClassVar[int]
     USED_FIELD_NUMBER: _ClassVar[int]
     LEFT_FIELD_NUMBER: _ClassVar[int]
+    QUERIES_FIELD_NUMBER: _ClassVar[int]
+    QUERIES_USED_FIELD_NUMBER: _ClassVar[int]
+    QUERIES_LEFT_FIELD_NUMBER: _ClassVar[int]
     cap: int
     used: int
     left: int
-    def __init__(self, cap: _Optional[int] = ..., used: _Optional[int] = ..., left: _Optional[int] = ...) -> None: ...
+    queries: int
+    queries_used: int
+    queries_left: int
+    def __init__(self, cap: _Optional[int] = ..., used: _Optional[int] = ..., left: _Optional[int] = ..., queries: _Optional[int] = ..., queries_used: _Optional[int] = ..., queries_left: _Optional[int] = ...) -> None: ...
 
 class ModelRef(_message.Message):
     __slots__ = ("sha256",)

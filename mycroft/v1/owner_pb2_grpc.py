@@ -72,7 +72,8 @@ class DataOwnerServicer:
         raise NotImplementedError('Method not implemented!')
 
     def HasModel(self, request, context):
-        """Whether the owner already caches a model with this hash (so upload can be skipped).
+        """Whether the caller has already uploaded a model with this hash (so upload can be skipped).
+        Models belong to the trainer that uploaded them: another trainer's uploads are invisible.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -80,15 +81,18 @@ class DataOwnerServicer:
 
     def UploadModel(self, request_iterator, context):
         """Upload a model (safetensors with its JSON config in the metadata) in chunks.
-        The first chunk carries the expected sha256 and total size; the owner verifies both.
+        The first chunk carries the expected sha256 and total size; the owner verifies both and
+        checks the model against its admission policy before it touches any row. A model new to
+        the caller is embedded over the owner's rows in the background: one query.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Select(self, request, context):
-        """Select at most `budget` rows for D_hard. Streams row chunks, then one summary.
-        A retry with the same request_id returns the same rows with no new charge.
+        """Select at most min(budget, rows left in the cap) rows for D_hard. Streams row chunks,
+        then one summary. Costs one query, charged before any computation; a retry of a finished
+        request_id returns the same rows with no new charge of either kind.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
