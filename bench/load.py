@@ -27,7 +27,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -206,10 +206,15 @@ def run_level(trainers: int, s: OwnerSettings, seconds: float, tmp: Path, model:
         str(tmp / f"{s.label}-{trainers}"), ids, cap=10**9, max_rows=128, **s.table()
     )
     mapping["selection"]["methods"] = ["feature", "random"]
+    # Each trainer selects with its own model (models belong to their uploader): keep every one
+    # parsed, with its embeddings and indexes, as an owner serving this many trainers should.
+    mapping["selection"]["model_cache"] = trainers
     spec = {"rows": ROWS, "features": FEATURES, "config": mapping}
     load0 = os.getloadavg()[0]
     with server("owner", spec) as port:
-        sha = upload(port, ids[0], model)
+        # Models belong to their uploader: every trainer uploads (and warms) its own copy.
+        with ThreadPoolExecutor(8) as uploads:
+            sha = list(uploads.map(lambda t: upload(port, t, model), ids))[0]
         t0 = time.time() + 3.0  # time for every client to connect before the window opens
         ctx = mp.get_context("spawn")
         with ProcessPoolExecutor(CLIENT_PROCS, mp_context=ctx) as pool:
@@ -247,7 +252,9 @@ def markdown(results: list[dict], seconds: float, total: float) -> str:
         "",
         f"One owner process with {ROWS:,} synthetic rows of {FEATURES} float32 features, "
         f"{CLASSES} classes, a tiny uploaded MoE (embed dim {EMBED_DIM}); N distinct trainers "
-        "(own token each, from the owner's config) in 2 client processes, each with its own "
+        "(own token each, from the owner's config; each uploads its own copy of the model, as "
+        "models belong to their uploader, and `selection.model_cache` = N keeps them all parsed) "
+        "in 2 client processes, each with its own "
         f"channel, calling Select for {seconds:.0f} s: budget {BUDGET}, embeddings-only D_hard "
         f'of {HARD_ROWS} rows, "feature" and "random" alternating, fresh request id each call. '
         f"Refused calls are followed by a {BACKOFF} s back-off (the trainer client's first "

@@ -81,7 +81,7 @@ def encode_rows_chunk(
 
     Byte-identical to filling the message with `encode_into` and calling SerializeToString,
     which copies every tensor's bytes three times (numpy -> bytes -> protobuf field -> wire).
-    Streams send it through a pass-through serializer (`owner_node.service.add_servicer`).
+    Streams send it through a pass-through serializer (`owner_node.rpc.add_servicer`).
     """
     pieces: list[bytes | memoryview] = []
     rows_size = 0

@@ -1,4 +1,5 @@
-"""The ledger's SQLite plumbing: schema, migrations, transactions. `ledger.py` holds the rules.
+"""The ledger's SQLite plumbing and records: schema, migrations, transactions, and the plain
+records it hands out. `ledger.py` holds the rules.
 
 Schema versions (PRAGMA user_version): 2 added `usage` (each trainer's distinct-row count);
 3 added the query allowance (`trainers.queries`, `queries`, `query_usage`).
@@ -8,6 +9,8 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -117,3 +120,70 @@ class Transaction:
             self._db.execute("COMMIT" if exc_type is None else "ROLLBACK")
         finally:
             self._lock.release()
+
+
+@dataclass(frozen=True)
+class BudgetState:
+    cap: int
+    used: int
+    left: int
+    queries: int = 0  # query allowance: Selects and warm-ups that compute over the owner's rows
+    queries_used: int = 0
+
+    @property
+    def queries_left(self) -> int:
+        return max(0, self.queries - self.queries_used)
+
+
+@dataclass(frozen=True)
+class QueryGrant:
+    """One charged query: the rows it may reveal are reserved until `Ledger.end_query`."""
+
+    trainer: str
+    request_id: str
+    rows: int  # rows this query may return: min(asked, left minus other queries' reservations)
+    budget: BudgetState  # after the query was charged
+
+
+@dataclass(frozen=True)
+class ChargeResult:
+    row_ids: np.ndarray  # (K,) int64, the rows to send, in ranked order
+    scores: np.ndarray  # (K,) float32
+    new_rows: int  # rows this trainer had not seen before (0 on replay)
+    cut: int  # new rows dropped because the cap was reached
+    replayed: bool
+    budget: BudgetState  # after the charge
+    note: dict[str, Any] = field(default_factory=dict)  # as given to charge(), for replays
+
+
+@dataclass(frozen=True)
+class LedgerEntry:
+    request_id: str
+    method: str
+    rows: int
+    new_rows: int
+    timestamp: float
+
+
+@dataclass(frozen=True)
+class AuditRecord:
+    timestamp: float
+    request_id: str
+    method: str
+    row_id: int
+    new: bool
+
+
+@dataclass(frozen=True)
+class QueryRecord:
+    request_id: str
+    kind: str  # "select" | "warm"
+    method: str
+    timestamp: float
+
+
+@dataclass(frozen=True)
+class PastRequest:
+    method: str
+    budget: int
+    fingerprint: str

@@ -25,7 +25,8 @@ from owner_node.auth import Authenticator
 from owner_node.config import OwnerConfig, load_config
 from owner_node.engine import Engine
 from owner_node.ledger import Ledger
-from owner_node.service import OwnerServicer, add_servicer
+from owner_node.rpc import add_servicer
+from owner_node.service import OwnerServicer
 
 log = logging.getLogger("owner_node.server")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["DataOwner"].full_name  # "mycroft.v1.DataOwner"

@@ -1,29 +1,23 @@
 """The DataOwner gRPC servicer: small methods over Engine, Ledger and Authenticator.
 
-Every RPC authenticates first. Errors become status codes with readable messages (see
-`_STATUS`); anything unexpected becomes INTERNAL with a short message and is logged here with
-the trainer and request id, never sent to the client as a traceback.
+Every RPC authenticates first. Errors become status codes with readable messages (`rpc.STATUS`);
+anything unexpected becomes INTERNAL with a short message, never a traceback.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import CancelledError, Future
-from concurrent.futures import TimeoutError as FutureTimeout
+from collections.abc import Iterable, Iterator
 
-import grpc
 import numpy as np
-from google.protobuf.message import DecodeError
 
 from mycroft import wire
-from mycroft.errors import DataError, InvalidRequest, ModelFileError, MycroftError
+from mycroft.errors import InvalidRequest
 from mycroft.v1 import owner_pb2 as pb
 from mycroft.v1 import owner_pb2_grpc as pb_grpc
-from owner_node import errors
+from owner_node import errors, rpc
 from owner_node.auth import Authenticator, Caller
 from owner_node.engine import PROTOCOL_VERSION, Engine
 from owner_node.ledger import BudgetState, ChargeResult, Ledger, QueryGrant
@@ -32,117 +26,6 @@ from owner_node.requests import SelectJob, parse_select
 from selection.base import SelectionResult
 
 log = logging.getLogger("owner_node.service")
-
-
-class _Deadline(MycroftError):
-    def __init__(self) -> None:
-        super().__init__("deadline exceeded while selecting; retry with the same request_id")
-
-
-_STATUS: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
-    (_Deadline, grpc.StatusCode.DEADLINE_EXCEEDED),
-    (errors.Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
-    (errors.PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
-    (InvalidRequest, grpc.StatusCode.INVALID_ARGUMENT),
-    (ModelFileError, grpc.StatusCode.INVALID_ARGUMENT),
-    (errors.ModelNotFound, grpc.StatusCode.NOT_FOUND),
-    (errors.ModelMismatch, grpc.StatusCode.FAILED_PRECONDITION),
-    (errors.RequestConflict, grpc.StatusCode.ALREADY_EXISTS),
-    (errors.BudgetExhausted, grpc.StatusCode.RESOURCE_EXHAUSTED),
-    (errors.QueryAllowanceExhausted, grpc.StatusCode.RESOURCE_EXHAUSTED),
-    (errors.Busy, grpc.StatusCode.UNAVAILABLE),
-    (errors.SelectionFailed, grpc.StatusCode.INTERNAL),
-    (DataError, grpc.StatusCode.FAILED_PRECONDITION),
-    (MycroftError, grpc.StatusCode.FAILED_PRECONDITION),
-)
-
-
-class Malformed:
-    """Stands in for request bytes that are not a valid protobuf message.
-
-    gRPC answers INTERNAL when a deserializer raises; decoding tolerantly lets the servicer
-    answer INVALID_ARGUMENT instead (after authenticating the caller, like any request).
-    """
-
-    def __init__(self, error: str):
-        self.error = error
-
-
-def _tolerant(message_cls: type) -> Callable[[bytes], object]:
-    def deserialize(data: bytes) -> object:
-        try:
-            return message_cls.FromString(data)
-        except DecodeError as e:
-            return Malformed(f"{message_cls.DESCRIPTOR.name}: {e}")
-
-    return deserialize
-
-
-def _refuse_malformed(self: OwnerServicer, request: object, context) -> None:
-    if isinstance(request, Malformed):
-        self.auth.identify(context)
-        raise InvalidRequest("request", f"not a valid protobuf message ({request.error})")
-
-
-def _pre_encoded(message: object) -> bytes:
-    """Select's response serializer: chunks arrive already serialized (`wire.encode_rows_chunk`)
-    and pass through without another copy; a message object is serialized as usual."""
-    if isinstance(message, bytes):
-        return message
-    return message.SerializeToString()  # type: ignore[attr-defined]
-
-
-def add_servicer(servicer: OwnerServicer, server: grpc.Server) -> None:
-    """`add_DataOwnerServicer_to_server` with deserializers that never raise, and Select's
-    pre-encoded chunks passed through (the generated registration would reject bytes)."""
-    kinds = {
-        "Describe": (grpc.unary_unary_rpc_method_handler, pb.DescribeRequest, pb.DescribeResponse),
-        "HasModel": (grpc.unary_unary_rpc_method_handler, pb.ModelRef, pb.ModelStatus),
-        "UploadModel": (grpc.stream_unary_rpc_method_handler, pb.ModelChunk, pb.ModelStatus),
-        "Select": (grpc.unary_stream_rpc_method_handler, pb.SelectRequest, pb.SelectChunk),
-        "GetLedger": (grpc.unary_unary_rpc_method_handler, pb.LedgerRequest, pb.LedgerResponse),
-    }
-    handlers = {
-        name: make(
-            getattr(servicer, name),
-            request_deserializer=_tolerant(request_cls),
-            response_serializer=_pre_encoded
-            if name == "Select"
-            else response_cls.SerializeToString,
-        )
-        for name, (make, request_cls, response_cls) in kinds.items()
-    }
-    service = pb.DESCRIPTOR.services_by_name["DataOwner"].full_name
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
-    server.add_registered_method_handlers(service, handlers)
-
-
-def _rpc(method: Callable) -> Callable:
-    """Map exceptions of a unary/client-streaming RPC to status codes."""
-
-    @functools.wraps(method)
-    def wrapper(self: OwnerServicer, request, context: grpc.ServicerContext):
-        try:
-            _refuse_malformed(self, request, context)
-            return method(self, request, context)
-        except Exception as e:  # noqa: BLE001 - every error must become a status
-            _abort(context, e, method.__name__, "-")
-
-    return wrapper
-
-
-def _abort(
-    context: grpc.ServicerContext, e: Exception, rpc: str, request_id: str, trainer: str = "-"
-) -> None:
-    for cls, code in _STATUS:
-        if isinstance(e, cls):
-            log.info("%s trainer=%s request=%s -> %s: %s", rpc, trainer, request_id, code.name, e)
-            context.abort(code, str(e))
-    log.exception("%s trainer=%s request=%s failed unexpectedly", rpc, trainer, request_id)
-    context.abort(
-        grpc.StatusCode.INTERNAL,
-        f"internal error in {rpc} (request {request_id}); the owner's log has details",
-    )
 
 
 class OwnerServicer(pb_grpc.DataOwnerServicer):
@@ -157,7 +40,7 @@ class OwnerServicer(pb_grpc.DataOwnerServicer):
         self._in_flight: dict[tuple[str, str], threading.Event] = {}
         self._in_flight_lock = threading.Lock()
 
-    @_rpc
+    @rpc.unary
     def Describe(self, request: pb.DescribeRequest, context) -> pb.DescribeResponse:
         caller = self.auth.identify(context)
         info = self.engine.info()
@@ -174,14 +57,14 @@ class OwnerServicer(pb_grpc.DataOwnerServicer):
             budget=_budget(self.ledger.budget(caller.trainer_id)),
         )
 
-    @_rpc
+    @rpc.unary
     def HasModel(self, request: pb.ModelRef, context) -> pb.ModelStatus:
         caller = self.auth.identify(context)
         sha = check_sha(request.sha256)
         size = self.engine.models.size(caller.trainer_id, sha)
         return pb.ModelStatus(sha256=sha, present=size is not None, size=size or 0)
 
-    @_rpc
+    @rpc.unary
     def UploadModel(self, request_iterator: Iterable[pb.ModelChunk], context) -> pb.ModelStatus:
         caller = self.auth.identify(context)
         trainer = caller.trainer_id
@@ -194,7 +77,7 @@ class OwnerServicer(pb_grpc.DataOwnerServicer):
         upload = None
         try:
             for chunk in request_iterator:
-                _refuse_malformed(self, chunk, context)
+                rpc.refuse_malformed(self, chunk, context)
                 if upload is None:
                     upload = self.engine.models.begin_upload(
                         trainer, chunk.sha256, chunk.total_size
@@ -225,7 +108,7 @@ class OwnerServicer(pb_grpc.DataOwnerServicer):
         )
         return pb.ModelStatus(sha256=upload.sha, present=True, size=upload.total_size)
 
-    @_rpc
+    @rpc.unary
     def GetLedger(self, request: pb.LedgerRequest, context) -> pb.LedgerResponse:
         caller = self.auth.identify(context)
         if request.trainer_id and request.trainer_id != caller.trainer_id:
@@ -247,11 +130,11 @@ class OwnerServicer(pb_grpc.DataOwnerServicer):
         )
 
     def Select(self, request: pb.SelectRequest, context) -> Iterator[bytes]:
-        """Streams serialized SelectChunk messages (see `_pre_encoded`)."""
+        """Streams serialized SelectChunk messages (see `rpc.pre_encoded`)."""
         who = "-"
         rid = "-"
         try:
-            _refuse_malformed(self, request, context)
+            rpc.refuse_malformed(self, request, context)
             rid = _printable(request.request_id[: self.limits.max_request_id_chars]) or "-"
             caller = self.auth.identify(context)
             who = caller.trainer_id
@@ -277,7 +160,7 @@ class OwnerServicer(pb_grpc.DataOwnerServicer):
             )
             yield from self._stream(job, charge, started)
         except Exception as e:  # noqa: BLE001 - every error must become a status
-            _abort(context, e, "Select", rid, who)
+            rpc.abort(context, e, "Select", rid, who)
 
     def _select(
         self, caller: Caller, job: SelectJob, context
@@ -296,7 +179,7 @@ class OwnerServicer(pb_grpc.DataOwnerServicer):
                 if running is None:
                     mine = self._in_flight[key] = threading.Event()
                     break
-            if not _wait_event(running, context):
+            if not rpc.wait_event(running, context):
                 return None, None
         try:
             return self._compute(trainer, job, context)
@@ -320,7 +203,7 @@ class OwnerServicer(pb_grpc.DataOwnerServicer):
         try:
             future = self.engine.start(job, strategy, loaded, grant.rows, trainer)
             try:
-                result = _wait(future, context)
+                result = rpc.wait_for(future, context)
             finally:
                 if future.cancelled():  # it never left the queue: nothing was computed
                     self.ledger.refund_query(grant)
@@ -379,38 +262,6 @@ class OwnerServicer(pb_grpc.DataOwnerServicer):
                 shortfall_reason=note.get("shortfall_reason") or "",
             )
         ).SerializeToString()
-
-
-def _wait_event(event: threading.Event, context) -> bool:
-    """Wait for another attempt of the same request within the call's deadline; False if the
-    client went away."""
-    while not event.wait(0.25):
-        remaining = context.time_remaining()
-        if remaining is not None and remaining <= 0:
-            raise _Deadline()
-        if not context.is_active():
-            return False
-    return True
-
-
-def _wait(future: Future[SelectionResult], context) -> SelectionResult | None:
-    """Wait for a selection within the call's deadline; None if the client went away. A job
-    still in the queue is cancelled then; a running one finishes and its answer is dropped."""
-    while True:
-        remaining = context.time_remaining()
-        if remaining is not None and remaining <= 0:
-            future.cancel()
-            raise _Deadline()
-        if not context.is_active():
-            future.cancel()
-            return None
-        step = 0.25 if remaining is None else min(0.25, remaining)
-        try:
-            return future.result(timeout=step)
-        except FutureTimeout:
-            continue
-        except CancelledError:
-            return None
 
 
 def _shortfall(result: SelectionResult, budget: int, grant: QueryGrant) -> str:

@@ -208,3 +208,23 @@ def embedded_request(
 def status_of(excinfo: Any) -> tuple[grpc.StatusCode, str]:
     err = excinfo.value
     return err.code(), err.details()
+
+
+def acquire_context(
+    data: LabeledData, model: bytes, methods: tuple[str, ...], budgets: tuple[int, ...], run_id: str
+):
+    """What `trainer_node.acquire.acquire_all` needs: D_hard is `data`'s first 6 rows, raw."""
+    from moe.io import model_sha256
+    from trainer_node.acquire import AcquireContext
+    from trainer_node.config import SelectionSettings
+    from trainer_node.messages import RawHard
+
+    return AcquireContext(
+        run_id=run_id,
+        model_bytes=model,
+        model_sha256=model_sha256(model),
+        hard=RawHard(data.features[:6], data.labels[:6]),
+        class_names=data.class_names,
+        input_shape=data.input_shape,
+        selection=SelectionSettings(methods=methods, budgets=budgets),
+    )

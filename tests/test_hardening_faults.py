@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 from helpers_grpc import (
     TOKENS,
+    acquire_context,
     digits_data,
     owner_config,
     raw_request,
@@ -193,26 +194,15 @@ def sleepy():
 
 @pytest.mark.slow
 def test_trainer_finishes_with_one_owner_down_one_slow_one_stuck(tmp_path, sleepy) -> None:
-    from moe.io import model_sha256
-    from trainer_node.acquire import AcquireContext, acquire_all
-    from trainer_node.config import ClientSettings, OwnerEndpoint, SelectionSettings
-    from trainer_node.messages import RawHard
+    from trainer_node.acquire import acquire_all
+    from trainer_node.config import ClientSettings, OwnerEndpoint
 
     digits = digits_data()
     part = digits.subset(np.arange(300))
     stuck_rows = type(part)(
         part.features, part.labels, part.class_names, part.row_ids + Sleepy.STUCK_BASE, "stuck"
     )
-    model = tiny_model_bytes(digits)
-    ctx = AcquireContext(
-        run_id="faults",
-        model_bytes=model,
-        model_sha256=model_sha256(model),
-        hard=RawHard(digits.features[:6], digits.labels[:6]),
-        class_names=digits.class_names,
-        input_shape=digits.input_shape,
-        selection=SelectionSettings(methods=("hardening_sleepy",), budgets=(5,)),
-    )
+    ctx = acquire_context(digits, tiny_model_bytes(digits), ("hardening_sleepy",), (5,), "faults")
     selection_cfg = {"methods": ["hardening_sleepy", "random"]}
     deadline = 6.0
     with (

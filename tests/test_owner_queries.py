@@ -19,6 +19,7 @@ import pytest
 from helpers_grpc import (
     TOKENS,
     OwnerClient,
+    acquire_context,
     digits_data,
     owner_config,
     raw_request,
@@ -244,22 +245,11 @@ def test_concurrent_copies_of_one_request_compute_once(tmp_path, plugins):
 
 def test_trainer_reports_a_spent_query_allowance(tmp_path, caplog):
     """The trainer warns before it starts and names the allowance when the owner refuses."""
-    from moe.io import model_sha256
-    from trainer_node.acquire import AcquireContext, acquire_all
-    from trainer_node.config import ClientSettings, OwnerEndpoint, SelectionSettings
-    from trainer_node.messages import RawHard
+    from trainer_node.acquire import acquire_all
+    from trainer_node.config import ClientSettings, OwnerEndpoint
 
     data = digits_data()
-    model = tiny_model_bytes(data)
-    ctx = AcquireContext(
-        run_id="allowance",
-        model_bytes=model,
-        model_sha256=model_sha256(model),
-        hard=RawHard(data.features[:6], data.labels[:6]),
-        class_names=data.class_names,
-        input_shape=data.input_shape,
-        selection=SelectionSettings(methods=("random", "feature"), budgets=(3, 5)),
-    )
+    ctx = acquire_context(data, tiny_model_bytes(data), ("random", "feature"), (3, 5), "allowance")
     trainers = [{"id": "alice", "token": TOKENS["alice"], "cap": 100, "queries": 3}]
     with running_owner(owner_config(tmp_path, trainers=trainers), data) as (_, port):
         endpoint = OwnerEndpoint("small", f"127.0.0.1:{port}", TOKENS["alice"])

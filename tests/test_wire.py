@@ -106,7 +106,7 @@ def test_hand_encoder_refuses_what_encode_refuses():
 
 
 def test_select_serializer_passes_bytes_through_and_serializes_messages():
-    from owner_node.service import _pre_encoded
+    from owner_node.rpc import pre_encoded
 
     summary = pb.SelectChunk(
         summary=pb.SelectSummary(
@@ -114,6 +114,6 @@ def test_select_serializer_passes_bytes_through_and_serializes_messages():
         )
     )
     chunk = wire.encode_rows_chunk(*(np.arange(3, dtype=np.int64),) * 3, np.ones(3, np.float32))
-    assert _pre_encoded(chunk) is chunk  # no copy
-    assert pb.SelectChunk.FromString(_pre_encoded(summary.SerializeToString())) == summary
-    assert pb.SelectChunk.FromString(_pre_encoded(summary)) == summary
+    assert pre_encoded(chunk) is chunk  # no copy
+    assert pb.SelectChunk.FromString(pre_encoded(summary.SerializeToString())) == summary
+    assert pb.SelectChunk.FromString(pre_encoded(summary)) == summary

@@ -1,0 +1,169 @@
+"""gRPC plumbing for the owner's servicer: errors to status codes, tolerant decoding, the
+handler registration, and waiting for work within a call's deadline.
+
+Every error becomes a status with a readable message (`STATUS`); anything unexpected becomes
+INTERNAL with a short message and is logged with the trainer and request id, never sent to the
+client as a traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+from collections.abc import Callable
+from concurrent.futures import CancelledError, Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from typing import Any, TypeVar
+
+import grpc
+from google.protobuf.message import DecodeError
+
+from mycroft.errors import DataError, InvalidRequest, ModelFileError, MycroftError
+from mycroft.v1 import owner_pb2 as pb
+from owner_node import errors
+
+log = logging.getLogger("owner_node.service")
+T = TypeVar("T")
+
+
+class Deadline(MycroftError):
+    def __init__(self) -> None:
+        super().__init__("deadline exceeded while selecting; retry with the same request_id")
+
+
+STATUS: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
+    (Deadline, grpc.StatusCode.DEADLINE_EXCEEDED),
+    (errors.Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
+    (errors.PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
+    (InvalidRequest, grpc.StatusCode.INVALID_ARGUMENT),
+    (ModelFileError, grpc.StatusCode.INVALID_ARGUMENT),
+    (errors.ModelNotFound, grpc.StatusCode.NOT_FOUND),
+    (errors.ModelMismatch, grpc.StatusCode.FAILED_PRECONDITION),
+    (errors.RequestConflict, grpc.StatusCode.ALREADY_EXISTS),
+    (errors.BudgetExhausted, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (errors.QueryAllowanceExhausted, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (errors.Busy, grpc.StatusCode.UNAVAILABLE),
+    (errors.SelectionFailed, grpc.StatusCode.INTERNAL),
+    (DataError, grpc.StatusCode.FAILED_PRECONDITION),
+    (MycroftError, grpc.StatusCode.FAILED_PRECONDITION),
+)
+
+
+class Malformed:
+    """Stands in for request bytes that are not a valid protobuf message.
+
+    gRPC answers INTERNAL when a deserializer raises; decoding tolerantly lets the servicer
+    answer INVALID_ARGUMENT instead (after authenticating the caller, like any request).
+    """
+
+    def __init__(self, error: str):
+        self.error = error
+
+
+def tolerant(message_cls: type) -> Callable[[bytes], object]:
+    def deserialize(data: bytes) -> object:
+        try:
+            return message_cls.FromString(data)
+        except DecodeError as e:
+            return Malformed(f"{message_cls.DESCRIPTOR.name}: {e}")
+
+    return deserialize
+
+
+def refuse_malformed(servicer: Any, request: object, context) -> None:
+    """Malformed request bytes: INVALID_ARGUMENT, after authenticating the caller."""
+    if isinstance(request, Malformed):
+        servicer.auth.identify(context)
+        raise InvalidRequest("request", f"not a valid protobuf message ({request.error})")
+
+
+def pre_encoded(message: object) -> bytes:
+    """Select's response serializer: chunks arrive already serialized (`wire.encode_rows_chunk`)
+    and pass through without another copy; a message object is serialized as usual."""
+    if isinstance(message, bytes):
+        return message
+    return message.SerializeToString()  # type: ignore[attr-defined]
+
+
+def add_servicer(servicer: Any, server: grpc.Server) -> None:
+    """`add_DataOwnerServicer_to_server` with deserializers that never raise, and Select's
+    pre-encoded chunks passed through (the generated registration would reject bytes)."""
+    kinds = {
+        "Describe": (grpc.unary_unary_rpc_method_handler, pb.DescribeRequest, pb.DescribeResponse),
+        "HasModel": (grpc.unary_unary_rpc_method_handler, pb.ModelRef, pb.ModelStatus),
+        "UploadModel": (grpc.stream_unary_rpc_method_handler, pb.ModelChunk, pb.ModelStatus),
+        "Select": (grpc.unary_stream_rpc_method_handler, pb.SelectRequest, pb.SelectChunk),
+        "GetLedger": (grpc.unary_unary_rpc_method_handler, pb.LedgerRequest, pb.LedgerResponse),
+    }
+    handlers = {
+        name: make(
+            getattr(servicer, name),
+            request_deserializer=tolerant(request_cls),
+            response_serializer=pre_encoded if name == "Select" else response_cls.SerializeToString,
+        )
+        for name, (make, request_cls, response_cls) in kinds.items()
+    }
+    service = pb.DESCRIPTOR.services_by_name["DataOwner"].full_name
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
+    server.add_registered_method_handlers(service, handlers)
+
+
+def unary(method: Callable) -> Callable:
+    """Map exceptions of a unary/client-streaming RPC to status codes."""
+
+    @functools.wraps(method)
+    def wrapper(self: Any, request, context: grpc.ServicerContext):
+        try:
+            refuse_malformed(self, request, context)
+            return method(self, request, context)
+        except Exception as e:  # noqa: BLE001 - every error must become a status
+            abort(context, e, method.__name__, "-")
+
+    return wrapper
+
+
+def abort(
+    context: grpc.ServicerContext, e: Exception, rpc: str, request_id: str, trainer: str = "-"
+) -> None:
+    for cls, code in STATUS:
+        if isinstance(e, cls):
+            log.info("%s trainer=%s request=%s -> %s: %s", rpc, trainer, request_id, code.name, e)
+            context.abort(code, str(e))
+    log.exception("%s trainer=%s request=%s failed unexpectedly", rpc, trainer, request_id)
+    context.abort(
+        grpc.StatusCode.INTERNAL,
+        f"internal error in {rpc} (request {request_id}); the owner's log has details",
+    )
+
+
+def wait_event(event: threading.Event, context) -> bool:
+    """Wait for another attempt of the same request within the call's deadline; False if the
+    client went away."""
+    while not event.wait(0.25):
+        remaining = context.time_remaining()
+        if remaining is not None and remaining <= 0:
+            raise Deadline()
+        if not context.is_active():
+            return False
+    return True
+
+
+def wait_for(future: Future[T], context) -> T | None:
+    """Wait for a selection within the call's deadline; None if the client went away. A job
+    still in the queue is cancelled then; a running one finishes and its answer is dropped."""
+    while True:
+        remaining = context.time_remaining()
+        if remaining is not None and remaining <= 0:
+            future.cancel()
+            raise Deadline()
+        if not context.is_active():
+            future.cancel()
+            return None
+        step = 0.25 if remaining is None else min(0.25, remaining)
+        try:
+            return future.result(timeout=step)
+        except FutureTimeout:
+            continue
+        except CancelledError:
+            return None
