@@ -147,18 +147,17 @@ def admit(model: MoEClassifier, policy: AdmissionPolicy, input_bound: float) -> 
     if type(model) is not MoEClassifier:
         raise _refused("architecture", f"a {type(model).__name__} is not a MoEClassifier")
     cfg, p = model.config, policy
-    for rule, bad, detail in (
-        ("stems", p.stems and cfg.stem not in p.stems, f"stem {cfg.stem!r} is not in {p.stems}"),
-        ("gates", p.gates and cfg.gate not in p.gates, f"gate {cfg.gate!r} is not in {p.gates}"),
+    for rule, allowed, value in (("stem", p.stems, cfg.stem), ("gate", p.gates, cfg.gate)):
+        if allowed is not None and value not in allowed:
+            raise _refused(f"models.{rule}s", f"{rule} {value!r} is not in {allowed}")
+    for rule, count, what in (
         ("max_moe_layers", len(model.moe_layers), "MoE layers"),
         ("max_experts", max((len(m.experts) for m in model.moe_layers), default=0), "experts"),
         ("max_parameters", sum(t.numel() for t in model.parameters()), "parameters"),
     ):
         limit = getattr(p, rule)
-        if rule.startswith("max_") and limit is not None and bad > limit:
-            raise _refused(f"models.{rule}", f"{bad} {detail} > {limit}")
-        if not rule.startswith("max_") and bad:
-            raise _refused(f"models.{rule}", detail)
+        if limit is not None and count > limit:
+            raise _refused(f"models.{rule}", f"{count} {what} > {limit}")
 
     # Buffers include norm_mean; the input is divided by norm_std, so 1/std acts as a weight.
     inv_std = [("1/norm_std", 1.0 / model.norm_std.detach().abs())]
