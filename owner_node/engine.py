@@ -184,7 +184,7 @@ class Engine:
         strategy: Strategy,
         loaded: LoadedModel | None,
         rows: int,
-        trainer: str = "-",
+        trainer: str,
     ) -> Future[SelectionResult]:
         """Run a checked job on the worker pool, in a slot taken with `reserve_slot` (released
         when the job ends). `rows` is what the ledger granted: at most that many come back."""
@@ -201,12 +201,10 @@ class Engine:
         job: SelectJob,
         strategy: Strategy,
         loaded: LoadedModel | None,
-        rows: int | None = None,
-        trainer: str = "-",
+        rows: int,
+        trainer: str,
     ) -> SelectionResult:
-        """Phases 2 and 3 (blocking): D_hard, then the owner's rows. `rows` defaults to the
-        request's budget."""
-        rows = job.budget if rows is None else rows
+        """Phases 2 and 3 (blocking): D_hard, then the owner's rows; at most `rows` come back."""
         timings: dict[str, float] = {}
         hard = self._hard_set(job, strategy, loaded, timings)
         try:
