@@ -29,12 +29,37 @@ class OwnerSection:
     state_dir: Path = Path("owner-state")
     # A waiting Select costs an idle handler thread and little else, so the defaults queue
     # 64 selections (64 concurrent trainers, one call each) before answering UNAVAILABLE.
-    max_workers: int = 72  # gRPC handler threads: >= selection_workers + selection_queue + 2
+    # gRPC handler threads: >= every long call the limits below allow, plus 2 kept free
+    max_workers: int = 80
     selection_workers: int = 2  # threads running strategies, off the gRPC threads
     selection_queue: int = 64  # selections allowed to wait for a worker before UNAVAILABLE
+    # Running + queued selections and model warm-ups one trainer may hold, so one trainer
+    # cannot take every slot; the queue serves trainers in turn, not first come first served.
+    selections_per_trainer: int = 8
+    max_uploads: int = 4  # model uploads in progress, all trainers together
+    max_uploads_per_trainer: int = 1
+    # A stream that makes no progress this long is cancelled: an upload waiting for its next
+    # chunk, a Select waiting for the client to read rows, an idle reflection stream.
+    stream_idle_seconds: float = 30.0
+    upload_seconds: float = 300.0  # one whole upload, however steady
+    # Server reflection (grpcurl, grpc_cli): off by default; when on, callers need the same
+    # credentials as for the service, and at most `max_reflection_streams` are open at once.
+    reflection: bool = False
+    max_reflection_streams: int = 2
+    # Model files and cached embeddings under state_dir. Least recently used models (and
+    # their embeddings) are evicted to make room; an upload that cannot fit is refused.
+    disk_quota_mib: int = 4096
+    disk_quota_per_trainer_mib: int = 1024
     grace_seconds: float = 10.0  # in-flight calls get this long at shutdown
-    # Plaintext health-only port for local probes of a TLS node; loopback only.
+    # Plaintext health-only server with its own threads, so probes answer whatever the load;
+    # loopback only. Needed to probe a TLS node; `mycroft owner health` uses it when set.
     health_listen: str | None = None
+
+    @property
+    def long_calls(self) -> int:
+        """Handler threads the limits let long calls (Selects, uploads, reflection) hold."""
+        reflection = self.max_reflection_streams if self.reflection else 0
+        return self.selection_workers + self.selection_queue + self.max_uploads + reflection
 
 
 @dataclass(frozen=True)
@@ -87,7 +112,9 @@ class SelectionSection:
     allow_full: bool = False  # "full" reveals everything: evaluation only
     hide_class_counts: bool = False
     embed_batch_size: int = 256
-    model_cache: int = 4  # parsed models (+ embeddings, indexes) kept in memory
+    # Memory for parsed models, the owner's rows embedded with them, and search indexes;
+    # least recently used entries are evicted beyond it.
+    cache_mib: int = 1024
 
 
 @dataclass(frozen=True)
@@ -158,6 +185,25 @@ def _owner(t: Mapping[str, Any], base: Path) -> OwnerSection:
             t, "owner", "selection_workers", OwnerSection.selection_workers, lo=1
         ),
         selection_queue=_int(t, "owner", "selection_queue", OwnerSection.selection_queue, lo=0),
+        selections_per_trainer=_int(
+            t, "owner", "selections_per_trainer", OwnerSection.selections_per_trainer, lo=1
+        ),
+        max_uploads=_int(t, "owner", "max_uploads", OwnerSection.max_uploads, lo=1),
+        max_uploads_per_trainer=_int(
+            t, "owner", "max_uploads_per_trainer", OwnerSection.max_uploads_per_trainer, lo=1
+        ),
+        stream_idle_seconds=_float(
+            t, "owner", "stream_idle_seconds", OwnerSection.stream_idle_seconds, lo=0.1
+        ),
+        upload_seconds=_float(t, "owner", "upload_seconds", OwnerSection.upload_seconds, lo=1.0),
+        reflection=_bool(t, "owner", "reflection", False),
+        max_reflection_streams=_int(
+            t, "owner", "max_reflection_streams", OwnerSection.max_reflection_streams, lo=1
+        ),
+        disk_quota_mib=_int(t, "owner", "disk_quota_mib", OwnerSection.disk_quota_mib, lo=1),
+        disk_quota_per_trainer_mib=_int(
+            t, "owner", "disk_quota_per_trainer_mib", OwnerSection.disk_quota_per_trainer_mib, lo=1
+        ),
         grace_seconds=_float(t, "owner", "grace_seconds", 10.0, lo=0.0),
         health_listen=_str(t, "owner", "health_listen"),
     )
@@ -168,13 +214,19 @@ def _owner(t: Mapping[str, Any], base: Path) -> OwnerSection:
                 f"owner.health_listen: {section.health_listen!r} must be on loopback "
                 "(127.0.0.1, localhost or [::1]): it is plaintext"
             )
-    # Each running or queued selection holds a gRPC thread while it waits; leave threads free
-    # so Describe, HasModel and health checks answer even when every selection slot is taken.
-    slots = section.selection_workers + section.selection_queue
-    if slots > section.max_workers - 2:
+    # Each Select, upload and reflection stream holds a gRPC thread while it lasts; leave
+    # threads free so Describe, HasModel and health checks answer even when every limit is hit.
+    if section.long_calls > section.max_workers - 2:
         raise ConfigError(
-            f"owner.selection_queue: selection_workers + selection_queue ({slots}) must be at "
-            f"most owner.max_workers - 2 ({section.max_workers - 2})"
+            f"owner.max_workers: {section.max_workers} threads cannot serve the long calls the "
+            f"limits allow (selection_workers + selection_queue + max_uploads"
+            f"{' + max_reflection_streams' if section.reflection else ''} = "
+            f"{section.long_calls}) plus 2 kept free; raise it to {section.long_calls + 2}"
+        )
+    if section.disk_quota_per_trainer_mib > section.disk_quota_mib:
+        raise ConfigError(
+            f"owner.disk_quota_per_trainer_mib: {section.disk_quota_per_trainer_mib} exceeds "
+            f"owner.disk_quota_mib ({section.disk_quota_mib})"
         )
     return section
 
@@ -273,6 +325,11 @@ def _token(t: Mapping[str, Any], where: str, base: Path, required: bool) -> str 
 
 
 def _selection(t: Mapping[str, Any]) -> SelectionSection:
+    if "model_cache" in t:
+        raise ConfigError(
+            "selection.model_cache: replaced by selection.cache_mib (memory for parsed models, "
+            "embeddings and indexes, in MiB)"
+        )
     _no_unknown(t, "selection", set(SelectionSection.__dataclass_fields__))
     allow_full = _bool(t, "selection", "allow_full", False)
     methods = t.get("methods")
@@ -292,7 +349,7 @@ def _selection(t: Mapping[str, Any]) -> SelectionSection:
         allow_full=allow_full,
         hide_class_counts=_bool(t, "selection", "hide_class_counts", False),
         embed_batch_size=_int(t, "selection", "embed_batch_size", 256, lo=1),
-        model_cache=_int(t, "selection", "model_cache", 4, lo=1),
+        cache_mib=_int(t, "selection", "cache_mib", SelectionSection.cache_mib, lo=1),
     )
 
 

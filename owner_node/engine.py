@@ -100,7 +100,7 @@ class Engine:
             self.data,
             max_bytes=config.limits.max_model_bytes,
             max_embed_dim=config.limits.max_embed_dim,
-            cache_size=config.selection.model_cache,
+            cache_size=16,  # replaced by a byte-bounded cache (selection.cache_mib)
             embed_batch_size=config.selection.embed_batch_size,
             admission=config.models,
         )
