@@ -17,9 +17,8 @@ information about rows it did not return:
 from __future__ import annotations
 
 import logging
-import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,9 +26,11 @@ import numpy as np
 from mycroft.data.base import LabeledData
 from mycroft.errors import ConfigError, InvalidRequest
 from owner_node.config import OwnerConfig, SelectionSection
-from owner_node.errors import Busy, SelectionFailed
+from owner_node.errors import SelectionFailed
+from owner_node.limits import Place
 from owner_node.models import LoadedModel, ModelStore, check_sha
 from owner_node.requests import SelectJob
+from owner_node.scheduler import FairScheduler
 from selection.base import (
     Candidates,
     HardSet,
@@ -109,11 +110,11 @@ class Engine:
         self._sorted_ids = self.data.row_ids[self._order]
         counts = np.bincount(self.data.labels, minlength=self.data.num_classes)
         self._class_counts = tuple(int(c) for c in counts)
-        workers = config.owner.selection_workers
-        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="select")
-        # Bounds running + queued selections; beyond that callers get UNAVAILABLE, not a queue
-        # that grows without limit.
-        self._slots = threading.BoundedSemaphore(workers + config.owner.selection_queue)
+        # Selections and warm-ups: bounded in total and per trainer, trainers served in turn.
+        owner = config.owner
+        self.scheduler = FairScheduler(
+            owner.selection_workers, owner.selection_queue, owner.selections_per_trainer
+        )
 
     def info(self) -> OwnerInfo:
         hide = self.config.selection.hide_class_counts
@@ -170,31 +171,24 @@ class Engine:
         _check_hard_set(job, strategy, loaded)
         return strategy, loaded
 
-    def reserve_slot(self) -> None:
-        """A place among running + queued selections; Busy (UNAVAILABLE) when all are taken."""
-        if not self._slots.acquire(blocking=False):
-            raise Busy("the owner is busy with other selections; retry shortly")
-
-    def release_slot(self) -> None:
-        self._slots.release()
+    def reserve(self, trainer: str) -> Place:
+        """A place among running + queued work, in total and for `trainer`; Busy (UNAVAILABLE)
+        when either bound is reached. Taken before anything is charged."""
+        return self.scheduler.reserve(trainer)
 
     def start(
         self,
+        place: Place,
         job: SelectJob,
         strategy: Strategy,
         loaded: LoadedModel | None,
         rows: int,
-        trainer: str,
     ) -> Future[SelectionResult]:
-        """Run a checked job on the worker pool, in a slot taken with `reserve_slot` (released
-        when the job ends). `rows` is what the ledger granted: at most that many come back."""
-        try:
-            future = self._pool.submit(self.run, job, strategy, loaded, rows, trainer)
-        except BaseException:
-            self.release_slot()
-            raise
-        future.add_done_callback(lambda _: self.release_slot())
-        return future
+        """Queue a checked job in `place` (taken with `reserve`; the caller releases it when
+        its stream ends). `rows` is what the ledger granted: at most that many come back."""
+        return self.scheduler.submit(
+            place, self.run, job, strategy, loaded, rows, place.trainer, release=False
+        )
 
     def run(
         self,
@@ -248,10 +242,11 @@ class Engine:
         result.timings = {**timings, **{f"strategy.{k}": v for k, v in result.timings.items()}}
         return self._check_result(job, result, rows)
 
-    def warm(self, loaded: LoadedModel) -> None:
+    def warm(self, place: Place, loaded: LoadedModel) -> None:
         """Keep a just-uploaded model parsed and embed the owner's rows with it in the
-        background, so the first Select does not pay for it. The caller has charged the query.
-        Best effort, and silent towards the trainer: errors are logged only."""
+        background, in `place` (a queue place like a selection's), so the first Select does not
+        pay for it. The caller has charged the query. Best effort, and silent towards the
+        trainer: errors are logged only."""
         self.models.remember(loaded)
 
         def embed() -> None:
@@ -261,12 +256,12 @@ class Engine:
                 log.exception("embedding the owner's rows with model %s failed", loaded.sha256)
 
         try:
-            self._pool.submit(embed)
+            self.scheduler.submit(place, embed)
         except RuntimeError:  # shutting down: the first Select will embed instead
             pass
 
     def close(self) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        self.scheduler.close()
 
     def _hard_set(
         self, job: SelectJob, strategy: Strategy, loaded: LoadedModel | None, timings: dict

@@ -37,6 +37,10 @@ class Busy(MycroftError):
     """Every selection worker is busy and the queue is full; retry later."""
 
 
+class StreamStalled(MycroftError):
+    """The watchdog cancelled a stream that stopped making progress (owner_node/watchdog.py)."""
+
+
 class QueryAllowanceExhausted(MycroftError):
     """The trainer has used every query (computation over the owner's rows) it was allowed."""
 

@@ -16,12 +16,12 @@ from owner_node.config import OwnerConfig, load_config
 
 def probe_address(config: OwnerConfig) -> str:
     """Where a local probe reaches the node's health service."""
-    if config.tls is not None:
-        if not config.owner.health_listen:
-            raise ConfigError(
-                'owner.health_listen: needed to probe a TLS node (e.g. "127.0.0.1:50052")'
-            )
+    if config.owner.health_listen:  # its own server and threads: answers whatever the load
         address = config.owner.health_listen
+    elif config.tls is not None:
+        raise ConfigError(
+            'owner.health_listen: needed to probe a TLS node (e.g. "127.0.0.1:50052")'
+        )
     else:
         address = config.owner.listen
     host, _, port = address.rpartition(":")

@@ -44,6 +44,7 @@ STATUS: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
     (errors.BudgetExhausted, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (errors.QueryAllowanceExhausted, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (errors.Busy, grpc.StatusCode.UNAVAILABLE),
+    (errors.StreamStalled, grpc.StatusCode.CANCELLED),
     (errors.SelectionFailed, grpc.StatusCode.INTERNAL),
     (DataError, grpc.StatusCode.FAILED_PRECONDITION),
     (MycroftError, grpc.StatusCode.FAILED_PRECONDITION),

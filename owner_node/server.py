@@ -1,6 +1,6 @@
 """Building and running the owner's gRPC server.
 
-`build_server(config)` returns a started-ready server (health, reflection, TLS) and its port;
+`build_server(config)` returns a started-ready server (health, optional reflection, TLS) and its port;
 port 0 in `owner.listen` picks an ephemeral port, which is what the tests use. `serve` starts
 it; `run_owner(path)` is the whole process: config, signals, graceful shutdown, exit code.
 """
@@ -16,7 +16,6 @@ from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 from mycroft.data.base import LabeledData
 from mycroft.errors import MycroftError
@@ -25,8 +24,10 @@ from owner_node.auth import Authenticator
 from owner_node.config import OwnerConfig, load_config
 from owner_node.engine import Engine
 from owner_node.ledger import Ledger
+from owner_node.reflection import add_reflection
 from owner_node.rpc import add_servicer
 from owner_node.service import OwnerServicer
+from owner_node.watchdog import Watchdog
 
 log = logging.getLogger("owner_node.server")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["DataOwner"].full_name  # "mycroft.v1.DataOwner"
@@ -47,8 +48,10 @@ class OwnerServer(grpc.Server):
         health_servicer: health.HealthServicer,
         port: int,
         health_server: grpc.Server | None = None,
+        watchdog: Watchdog | None = None,
     ):
         self._server = server
+        self._watchdog = watchdog
         self._health_server = health_server  # plaintext loopback probes of a TLS node
         self.engine = engine
         self.ledger = ledger
@@ -92,6 +95,8 @@ class OwnerServer(grpc.Server):
         def close() -> None:
             done.wait()
             try:
+                if self._watchdog is not None:
+                    self._watchdog.close()
                 self.engine.close()
                 self.ledger.close()
             finally:
@@ -111,6 +116,7 @@ def build_server(config: OwnerConfig, data: LabeledData | None = None) -> tuple[
     for name in ("", SERVICE_NAME):
         health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
     engine = Engine(config, data)  # loads the data: slow part, done before SERVING
+    watchdog = Watchdog()  # cancels stalled streams
     ledger = Ledger(
         config.owner.state_dir / "ledger.db",
         {t.id: t.cap for t in config.trainers},
@@ -118,7 +124,8 @@ def build_server(config: OwnerConfig, data: LabeledData | None = None) -> tuple[
     )
     try:
         mutual = config.tls is not None and config.tls.mutual
-        servicer = OwnerServicer(engine, ledger, Authenticator(config.trainers, mutual))
+        auth = Authenticator(config.trainers, mutual)
+        servicer = OwnerServicer(engine, ledger, auth, watchdog)
         limits = config.limits
         server = grpc.server(
             ThreadPoolExecutor(max_workers=config.owner.max_workers, thread_name_prefix="grpc"),
@@ -130,18 +137,17 @@ def build_server(config: OwnerConfig, data: LabeledData | None = None) -> tuple[
         )
         add_servicer(servicer, server)  # malformed bytes: INVALID_ARGUMENT, not INTERNAL
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-        reflection.enable_server_reflection(
-            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
-        )
+        add_reflection(server, SERVICE_NAME, auth, watchdog, config.owner)
         port = _bind(server, config)
         health_server = _health_only_server(health_servicer, config)
     except BaseException:
+        watchdog.close()
         engine.close()
         ledger.close()
         raise
     for name in ("", SERVICE_NAME):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return OwnerServer(server, engine, ledger, health_servicer, port, health_server), port
+    return OwnerServer(server, engine, ledger, health_servicer, port, health_server, watchdog), port
 
 
 def _health_only_server(

@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Iterable, Iterator
 
+import grpc
 import numpy as np
 
 from mycroft import wire
@@ -21,20 +22,27 @@ from owner_node import errors, rpc
 from owner_node.auth import Authenticator, Caller
 from owner_node.engine import PROTOCOL_VERSION, Engine
 from owner_node.ledger import BudgetState, ChargeResult, Ledger, QueryGrant
-from owner_node.models import check_sha
+from owner_node.limits import Limiter, Place
+from owner_node.models import LoadedModel, Upload, check_sha
 from owner_node.requests import SelectJob, parse_select
+from owner_node.watchdog import Watchdog
 from selection.base import SelectionResult
 
 log = logging.getLogger("owner_node.service")
 
 
 class OwnerServicer(pb_grpc.DataOwnerServicer):
-    def __init__(self, engine: Engine, ledger: Ledger, auth: Authenticator):
+    def __init__(self, engine: Engine, ledger: Ledger, auth: Authenticator, watchdog: Watchdog):
         self.engine = engine
         self.ledger = ledger
         self.auth = auth
+        self.watchdog = watchdog
         self.limits = engine.config.limits
         self.max_rows = engine.config.budget.max_rows_per_request
+        owner = engine.config.owner
+        self.uploads = Limiter("model uploads", owner.max_uploads, owner.max_uploads_per_trainer)
+        self.idle = owner.stream_idle_seconds
+        self.upload_seconds = owner.upload_seconds
         # (trainer, request id) -> set when that request's attempt ends: a retry racing the
         # original waits and replays it instead of computing (and paying) again.
         self._in_flight: dict[tuple[str, str], threading.Event] = {}
@@ -74,10 +82,46 @@ class OwnerServicer(pb_grpc.DataOwnerServicer):
                 f"trainer {trainer!r} has used its whole query allowance; a model upload "
                 "needs one query (its warm-up embeds the owner's rows)"
             )
+        # Before any byte is read: a place among uploads, and one in the work queue for the
+        # warm-up (UNAVAILABLE when either is full). A stalled stream is cancelled.
+        with self.uploads.take(trainer):
+            place = self.engine.reserve(trainer)
+            try:
+                with self.watchdog.watch(
+                    context, f"upload from {trainer!r}", self.idle, self.upload_seconds
+                ) as watch:
+                    try:
+                        upload, loaded, known = self._receive(
+                            trainer, watch.iterate(request_iterator)
+                        )
+                    except grpc.RpcError:
+                        if watch.expired:
+                            raise errors.StreamStalled(
+                                f"upload cancelled: {watch.expired}"
+                            ) from None
+                        raise
+                if not known:  # a model new to this trainer: its warm-up costs one query
+                    grant = self.ledger.begin_query(
+                        trainer, f"upload:{upload.sha}", kind="warm", method="", rows=0
+                    )
+                    self.ledger.end_query(grant)
+                    self.engine.warm(place, loaded)  # the warm-up job releases the place
+                    place = None
+            finally:
+                if place is not None:
+                    place.release()
+        log.info("upload trainer=%s model=%s bytes=%d", trainer, upload.sha[:12], upload.total_size)
+        return pb.ModelStatus(sha256=upload.sha, present=True, size=upload.total_size)
+
+    def _receive(
+        self, trainer: str, chunks: Iterable[pb.ModelChunk]
+    ) -> tuple[Upload, LoadedModel, bool]:
+        """Read, verify and store an upload; whether the trainer already had that model."""
         upload = None
         try:
-            for chunk in request_iterator:
-                rpc.refuse_malformed(self, chunk, context)
+            for chunk in chunks:
+                if isinstance(chunk, rpc.Malformed):
+                    raise InvalidRequest("request", f"not a valid protobuf message ({chunk.error})")
                 if upload is None:
                     upload = self.engine.models.begin_upload(
                         trainer, chunk.sha256, chunk.total_size
@@ -90,23 +134,10 @@ class OwnerServicer(pb_grpc.DataOwnerServicer):
             if upload is None:
                 raise InvalidRequest("sha256", "empty upload: the first chunk names the model")
             known = self.engine.models.size(trainer, upload.sha) is not None
-            loaded = upload.finish()
+            return upload, upload.finish(), known
         finally:
             if upload is not None:
                 upload.abort()
-        if not known:  # a model new to this trainer: its warm-up is charged as one query
-            grant = self.ledger.begin_query(
-                trainer, f"upload:{upload.sha}", kind="warm", method="", rows=0
-            )
-            self.ledger.end_query(grant)
-            self.engine.warm(loaded)
-        log.info(
-            "upload trainer=%s model=%s bytes=%d",
-            caller.trainer_id,
-            upload.sha[:12],
-            upload.total_size,
-        )
-        return pb.ModelStatus(sha256=upload.sha, present=True, size=upload.total_size)
 
     @rpc.unary
     def GetLedger(self, request: pb.LedgerRequest, context) -> pb.LedgerResponse:
@@ -130,9 +161,13 @@ class OwnerServicer(pb_grpc.DataOwnerServicer):
         )
 
     def Select(self, request: pb.SelectRequest, context) -> Iterator[bytes]:
-        """Streams serialized SelectChunk messages (see `rpc.pre_encoded`)."""
+        """Streams serialized SelectChunk messages (see `rpc.pre_encoded`).
+
+        The whole call, replays and the stream included, holds one place in the work queue:
+        the handler threads Selects can hold are bounded, in total and per trainer."""
         who = "-"
         rid = "-"
+        place = None
         try:
             rpc.refuse_malformed(self, request, context)
             rid = _printable(request.request_id[: self.limits.max_request_id_chars]) or "-"
@@ -140,7 +175,8 @@ class OwnerServicer(pb_grpc.DataOwnerServicer):
             who = caller.trainer_id
             started = time.perf_counter()
             job = parse_select(request, self.limits, self.max_rows)
-            charge, result = self._select(caller, job, context)
+            place = self.engine.reserve(caller.trainer_id)  # UNAVAILABLE before any charge
+            charge, result = self._select(caller, job, context, place)
             if charge is None:
                 return  # the client went away before anything was charged
             log.info(
@@ -158,12 +194,19 @@ class OwnerServicer(pb_grpc.DataOwnerServicer):
                 time.perf_counter() - started,
                 _rounded(result.timings) if result is not None else {},
             )
-            yield from self._stream(job, charge, started)
+            # A client that stops reading would hold this thread: cancelled when stalled.
+            with self.watchdog.watch(context, f"Select stream of {who!r}", self.idle) as watch:
+                for chunk in self._stream(job, charge, started):
+                    yield chunk
+                    watch.touch()
         except Exception as e:  # noqa: BLE001 - every error must become a status
             rpc.abort(context, e, "Select", rid, who)
+        finally:
+            if place is not None:
+                place.release()
 
     def _select(
-        self, caller: Caller, job: SelectJob, context
+        self, caller: Caller, job: SelectJob, context, place: Place
     ) -> tuple[ChargeResult | None, SelectionResult | None]:
         """Replay, or: check, take a slot, charge the query, compute, charge the rows."""
         trainer = caller.trainer_id
@@ -182,26 +225,21 @@ class OwnerServicer(pb_grpc.DataOwnerServicer):
             if not rpc.wait_event(running, context):
                 return None, None
         try:
-            return self._compute(trainer, job, context)
+            return self._compute(trainer, job, context, place)
         finally:
             with self._in_flight_lock:
                 del self._in_flight[key]
             mine.set()
 
     def _compute(
-        self, trainer: str, job: SelectJob, context
+        self, trainer: str, job: SelectJob, context, place: Place
     ) -> tuple[ChargeResult | None, SelectionResult | None]:
         strategy, loaded = self.engine.check(job, trainer)
-        self.engine.reserve_slot()
+        grant = self.ledger.begin_query(
+            trainer, job.request_id, kind="select", method=job.method, rows=job.budget
+        )
         try:
-            grant = self.ledger.begin_query(
-                trainer, job.request_id, kind="select", method=job.method, rows=job.budget
-            )
-        except BaseException:
-            self.engine.release_slot()
-            raise
-        try:
-            future = self.engine.start(job, strategy, loaded, grant.rows, trainer)
+            future = self.engine.start(place, job, strategy, loaded, grant.rows)
             try:
                 result = rpc.wait_for(future, context)
             finally:

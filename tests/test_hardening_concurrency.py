@@ -88,8 +88,14 @@ def _run_all(port: int, requests: list, retry_busy: bool) -> list[Outcome]:
 
 
 def _config(tmp_path, queue: int):
-    # Each queued selection holds a gRPC thread: max_workers leaves room for the rest.
-    owner = {"max_workers": 2 + queue + 4, "selection_workers": 2, "selection_queue": queue}
+    # Each queued selection holds a gRPC thread: max_workers leaves room for uploads and the
+    # rest; one trainer may use every place here.
+    owner = {
+        "max_workers": 2 + queue + 4 + 4,
+        "selection_workers": 2,
+        "selection_queue": queue,
+        "selections_per_trainer": 2 + queue,
+    }
     trainers = [{"id": "alice", "token": TOKENS["alice"], "cap": CAP}]
     return owner_config(tmp_path, owner=owner, trainers=trainers)
 
@@ -151,7 +157,7 @@ def test_two_trainers_concurrently_have_separate_caps(tmp_path, data, hard) -> N
     config = owner_config(
         tmp_path,
         trainers=trainers,
-        owner={"max_workers": 40, "selection_workers": 2, "selection_queue": 34},
+        owner={"max_workers": 44, "selection_workers": 2, "selection_queue": 34},
     )
     results: dict[str, list[int]] = {"alice": [], "bob": []}
     lock = threading.Lock()

@@ -69,15 +69,6 @@ def test_health_reports_serving(owner):
         assert reply.status == health_pb2.HealthCheckResponse.SERVING
 
 
-def test_reflection_lists_services(owner):
-    from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
-        ProtoReflectionDescriptorDatabase,
-    )
-
-    services = set(ProtoReflectionDescriptorDatabase(owner[1]).get_services())
-    assert {"mycroft.v1.DataOwner", "grpc.health.v1.Health"} <= services
-
-
 def test_describe(owner, data):
     d = client(owner, "alice").describe()
     assert d.protocol_version == "mycroft.v1"
