@@ -48,3 +48,8 @@ class QueryAllowanceExhausted(MycroftError):
 class SelectionFailed(MycroftError):
     """A selection failed after it began computing over the owner's rows. Its message never
     depends on the data: the query was charged, and the details stay in the owner's log."""
+
+
+class DiskQuotaExceeded(MycroftError):
+    """A model upload that does not fit the owner's disk quota, even after evicting the least
+    recently used models that are not in use."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import CancelledError, Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any, TypeVar
@@ -22,6 +22,7 @@ from google.protobuf.message import DecodeError
 from mycroft.errors import DataError, InvalidRequest, ModelFileError, MycroftError
 from mycroft.v1 import owner_pb2 as pb
 from owner_node import errors
+from owner_node.watchdog import Watchdog
 
 log = logging.getLogger("owner_node.service")
 T = TypeVar("T")
@@ -43,6 +44,7 @@ STATUS: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
     (errors.RequestConflict, grpc.StatusCode.ALREADY_EXISTS),
     (errors.BudgetExhausted, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (errors.QueryAllowanceExhausted, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (errors.DiskQuotaExceeded, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (errors.Busy, grpc.StatusCode.UNAVAILABLE),
     (errors.StreamStalled, grpc.StatusCode.CANCELLED),
     (errors.SelectionFailed, grpc.StatusCode.INTERNAL),
@@ -87,27 +89,90 @@ def pre_encoded(message: object) -> bytes:
     return message.SerializeToString()  # type: ignore[attr-defined]
 
 
-def add_servicer(servicer: Any, server: grpc.Server) -> None:
-    """`add_DataOwnerServicer_to_server` with deserializers that never raise, and Select's
-    pre-encoded chunks passed through (the generated registration would reject bytes)."""
+def add_servicer(
+    servicer: Any, server: grpc.Server, watchdog: Watchdog, waits: RequestWaits
+) -> None:
+    """`add_DataOwnerServicer_to_server` with deserializers that never raise, Select's
+    pre-encoded chunks passed through (the generated registration would reject bytes), and
+    unary methods that wait for their request under the watchdog (`first_request`)."""
     kinds = {
-        "Describe": (grpc.unary_unary_rpc_method_handler, pb.DescribeRequest, pb.DescribeResponse),
-        "HasModel": (grpc.unary_unary_rpc_method_handler, pb.ModelRef, pb.ModelStatus),
-        "UploadModel": (grpc.stream_unary_rpc_method_handler, pb.ModelChunk, pb.ModelStatus),
-        "Select": (grpc.unary_stream_rpc_method_handler, pb.SelectRequest, pb.SelectChunk),
-        "GetLedger": (grpc.unary_unary_rpc_method_handler, pb.LedgerRequest, pb.LedgerResponse),
+        "Describe": (False, pb.DescribeRequest, pb.DescribeResponse),
+        "HasModel": (False, pb.ModelRef, pb.ModelStatus),
+        "UploadModel": (True, pb.ModelChunk, pb.ModelStatus),
+        "GetLedger": (False, pb.LedgerRequest, pb.LedgerResponse),
     }
     handlers = {
-        name: make(
-            getattr(servicer, name),
+        name: grpc.stream_unary_rpc_method_handler(
+            getattr(servicer, name)
+            if streaming
+            else first_request(getattr(servicer, name), watchdog, waits, name),
             request_deserializer=tolerant(request_cls),
-            response_serializer=pre_encoded if name == "Select" else response_cls.SerializeToString,
+            response_serializer=response_cls.SerializeToString,
         )
-        for name, (make, request_cls, response_cls) in kinds.items()
+        for name, (streaming, request_cls, response_cls) in kinds.items()
     }
+    handlers["Select"] = grpc.unary_stream_rpc_method_handler(
+        servicer.Select,
+        request_deserializer=tolerant(pb.SelectRequest),
+        response_serializer=pre_encoded,
+    )
     service = pb.DESCRIPTOR.services_by_name["DataOwner"].full_name
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
     server.add_registered_method_handlers(service, handlers)
+
+
+class RequestWaits:
+    """Calls waiting for their request message, and how long each may wait.
+
+    A real client sends a unary request together with the call, so a wait is normally a few
+    milliseconds. The first `patient` waiters get `idle` seconds; while that many are waiting,
+    a new waiter gets `hurried` seconds, so calls that never send their request hold at most
+    `patient` threads for long, however many are opened."""
+
+    def __init__(self, idle: float, patient: int, hurried: float = 0.25):
+        self.idle = idle
+        self.patient = patient
+        self.hurried = min(hurried, idle)
+        self._waiting = 0
+        self._lock = threading.Lock()
+
+    def begin(self) -> float:
+        with self._lock:
+            self._waiting += 1
+            return self.idle if self._waiting <= self.patient else self.hurried
+
+    def end(self) -> None:
+        with self._lock:
+            self._waiting -= 1
+
+
+def first_request(
+    behavior: Callable[[Any, Any], T], watchdog: Watchdog, waits: RequestWaits, name: str
+) -> Callable[[Iterator[Any], Any], T | None]:
+    """A unary method served as client-streaming: gRPC's unary handler waits for the request
+    on a handler thread with no time limit, so a client that opens a call and never sends its
+    request would hold that thread. Here the wait is bounded (`RequestWaits`) and enforced by
+    the watchdog; on the wire the call is the same for a unary client."""
+
+    def handler(requests: Iterator[Any], context: grpc.ServicerContext) -> T | None:
+        limit = waits.begin()
+        try:
+            with watchdog.watch(context, f"{name} request", limit) as watch:
+                request = next(requests, None)
+        except grpc.RpcError:
+            if watch.expired:
+                context.abort(grpc.StatusCode.CANCELLED, f"no request: {watch.expired}")
+            raise
+        finally:
+            waits.end()
+        if request is None:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{name}: no request message")
+        return behavior(request, context)
+
+    # Where set (the health check's own pool), the threads this handler runs on.
+    pool = getattr(behavior, "experimental_thread_pool", None)
+    handler.experimental_thread_pool = pool  # type: ignore[attr-defined]
+    return handler
 
 
 def unary(method: Callable) -> Callable:

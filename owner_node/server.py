@@ -11,11 +11,12 @@ import logging
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health, health_pb2
 
 from mycroft.data.base import LabeledData
 from mycroft.errors import MycroftError
@@ -23,13 +24,17 @@ from mycroft.v1 import owner_pb2 as pb
 from owner_node.auth import Authenticator
 from owner_node.config import OwnerConfig, load_config
 from owner_node.engine import Engine
+from owner_node.health import add_health
 from owner_node.ledger import Ledger
 from owner_node.reflection import add_reflection
-from owner_node.rpc import add_servicer
+from owner_node.rpc import RequestWaits, add_servicer
 from owner_node.service import OwnerServicer
 from owner_node.watchdog import Watchdog
 
 log = logging.getLogger("owner_node.server")
+# A client sends a unary request with the call; one that has not within this is cancelled.
+UNARY_REQUEST_SECONDS = 10.0
+PATIENT_WAITS = 8  # beyond this many waiting at once, a new one gets 0.25 s (rpc.RequestWaits)
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["DataOwner"].full_name  # "mycroft.v1.DataOwner"
 
 
@@ -47,12 +52,12 @@ class OwnerServer(grpc.Server):
         ledger: Ledger,
         health_servicer: health.HealthServicer,
         port: int,
-        health_server: grpc.Server | None = None,
-        watchdog: Watchdog | None = None,
+        health_server: grpc.Server | None,
+        closers: list[Callable[[], object]],
     ):
         self._server = server
-        self._watchdog = watchdog
-        self._health_server = health_server  # plaintext loopback probes of a TLS node
+        self._health_server = health_server  # plaintext loopback probes (own threads)
+        self._closers = closers  # watchdog, health pools: closed after the last call ends
         self.engine = engine
         self.ledger = ledger
         self.health = health_servicer
@@ -95,8 +100,8 @@ class OwnerServer(grpc.Server):
         def close() -> None:
             done.wait()
             try:
-                if self._watchdog is not None:
-                    self._watchdog.close()
+                for close_one in self._closers:
+                    close_one()
                 self.engine.close()
                 self.ledger.close()
             finally:
@@ -116,7 +121,8 @@ def build_server(config: OwnerConfig, data: LabeledData | None = None) -> tuple[
     for name in ("", SERVICE_NAME):
         health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
     engine = Engine(config, data)  # loads the data: slow part, done before SERVING
-    watchdog = Watchdog()  # cancels stalled streams
+    watchdog = Watchdog()  # cancels calls that stop making progress
+    closers: list[Callable[[], object]] = [watchdog.close]
     ledger = Ledger(
         config.owner.state_dir / "ledger.db",
         {t.id: t.cap for t in config.trainers},
@@ -135,30 +141,38 @@ def build_server(config: OwnerConfig, data: LabeledData | None = None) -> tuple[
             ],
             maximum_concurrent_rpcs=config.owner.max_workers * 4,
         )
-        add_servicer(servicer, server)  # malformed bytes: INVALID_ARGUMENT, not INTERNAL
-        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        # Unary requests are awaited under the watchdog: a caller that never sends one is cut.
+        idle = min(config.owner.stream_idle_seconds, UNARY_REQUEST_SECONDS)
+        add_servicer(servicer, server, watchdog, RequestWaits(idle, patient=PATIENT_WAITS))
+        closers.append(add_health(server, health_servicer, watchdog).shutdown)
         add_reflection(server, SERVICE_NAME, auth, watchdog, config.owner)
         port = _bind(server, config)
-        health_server = _health_only_server(health_servicer, config)
+        health_server = _health_only_server(health_servicer, config, watchdog, closers)
     except BaseException:
-        watchdog.close()
+        for close_one in closers:
+            close_one()
         engine.close()
         ledger.close()
         raise
     for name in ("", SERVICE_NAME):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return OwnerServer(server, engine, ledger, health_servicer, port, health_server, watchdog), port
+    server_obj = OwnerServer(server, engine, ledger, health_servicer, port, health_server, closers)
+    return server_obj, port
 
 
 def _health_only_server(
-    health_servicer: health.HealthServicer, config: OwnerConfig
+    health_servicer: health.HealthServicer,
+    config: OwnerConfig,
+    watchdog: Watchdog,
+    closers: list[Callable[[], object]],
 ) -> grpc.Server | None:
-    """A plaintext server with only the health service, on `owner.health_listen`."""
+    """A plaintext server with only the health check, on `owner.health_listen`."""
     address = config.owner.health_listen
     if address is None:
         return None
-    server = grpc.server(ThreadPoolExecutor(max_workers=2, thread_name_prefix="health"))
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    # The health pool serves the calls; this one only accepts them (gRPC needs one).
+    server = grpc.server(ThreadPoolExecutor(max_workers=1, thread_name_prefix="health-accept"))
+    closers.append(add_health(server, health_servicer, watchdog).shutdown)
     try:
         port = server.add_insecure_port(address)
     except RuntimeError as e:
@@ -220,7 +234,7 @@ def run_owner(config_path: str) -> int:
         config = load_config(config_path)
         server = serve(config)
     except MycroftError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"mycroft: error: {e}", file=sys.stderr)
         return 2
     grace = config.owner.grace_seconds
 

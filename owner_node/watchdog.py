@@ -42,10 +42,12 @@ class Watch:
         self.close()
 
     def iterate(self, items: Iterator[T]) -> Iterator[T]:
-        """`items`, touching on each one (for request streams)."""
+        """`items`, touching on each one (for request streams). The watch ends with the
+        stream: what the handler does after the last item (verifying an upload) is its own."""
         for item in items:
             self.touch()
             yield item
+        self.close()
 
     def _overdue(self, now: float) -> str:
         if now - self.last > self.idle:

@@ -167,6 +167,31 @@ def test_health_and_describe_answer_while_hostile_streams_are_open(tmp_path, dat
         owner.stop()
 
 
+def test_calls_that_never_send_their_request_cannot_hold_threads(tmp_path, data):
+    """A unary call whose request never comes (opened here as a client stream that sends
+    nothing: the same on the wire) is cut; health and Describe answer meanwhile."""
+    config = owner_config(tmp_path, owner={"stream_idle_seconds": 3.0})
+    with running_owner(config, data) as (_, port):
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stalled = []
+            for path, count in (
+                ("/mycroft.v1.DataOwner/Describe", 100),
+                ("/grpc.health.v1.Health/Check", 20),
+            ):
+                for _ in range(count):
+                    held = _Held()
+                    held.call = channel.stream_unary(path).future(held.iterator(), timeout=60)
+                    stalled.append(held)
+            time.sleep(1.0)
+            assert is_serving(f"127.0.0.1:{port}", timeout=3)
+            client = OwnerClient(channel, TOKENS["alice"])
+            assert client.stub.Describe(pb.DescribeRequest(), metadata=_auth("alice"), timeout=3)
+            codes = {_code(h, timeout=20) for h in stalled}
+            assert codes == {grpc.StatusCode.CANCELLED}
+            for h in stalled:
+                h.close()
+
+
 # --- reflection ---
 
 
