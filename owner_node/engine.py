@@ -101,7 +101,10 @@ class Engine:
             self.data,
             max_bytes=config.limits.max_model_bytes,
             max_embed_dim=config.limits.max_embed_dim,
-            cache_size=16,  # replaced by a byte-bounded cache (selection.cache_mib)
+            # One LRU by bytes for parsed models, embeddings and indexes; disk quotas for files.
+            cache_bytes=config.selection.cache_mib * 1024 * 1024,
+            disk_quota_bytes=config.owner.disk_quota_mib * 1024 * 1024,
+            disk_quota_per_trainer_bytes=config.owner.disk_quota_per_trainer_mib * 1024 * 1024,
             embed_batch_size=config.selection.embed_batch_size,
             admission=config.models,
         )
@@ -226,19 +229,21 @@ class Engine:
         timings: dict[str, float],
     ) -> SelectionResult:
         candidates = Candidates(row_ids=self.data.row_ids, labels=self.data.labels)
-        if loaded is not None and _needs_model(strategy):
+        with self.models.in_use(loaded):  # its files are not evicted for disk space meanwhile
+            if loaded is not None and _needs_model(strategy):
+                t = time.perf_counter()
+                candidates.embeddings = self.models.embeddings(loaded)
+                timings["owner_embeddings"] = time.perf_counter() - t
+            if strategy.needs_features:
+                candidates.features = self.data.features.reshape(len(self.data), -1)
+            if loaded is not None:
+                strategy = _reuse_cache(self.models, strategy, job, loaded)
             t = time.perf_counter()
-            candidates.embeddings = self.models.embeddings(loaded)
-            timings["owner_embeddings"] = time.perf_counter() - t
-        if strategy.needs_features:
-            candidates.features = self.data.features.reshape(len(self.data), -1)
-        if loaded is not None:
-            strategy = _reuse_cache(strategy, job, loaded)
-        t = time.perf_counter()
-        result = strategy.select(
-            candidates, hard, rows, head=loaded.head if loaded is not None else None, seed=job.seed
-        )
-        timings["strategy"] = time.perf_counter() - t
+            head = loaded.head if loaded is not None else None
+            result = strategy.select(candidates, hard, rows, head=head, seed=job.seed)
+            timings["strategy"] = time.perf_counter() - t
+            if loaded is not None:  # indexes fill during select: count their real size now
+                _reuse_cache(self.models, strategy, job, loaded, filled=True)
         result.timings = {**timings, **{f"strategy.{k}": v for k, v in result.timings.items()}}
         return self._check_result(job, result, rows)
 
@@ -329,16 +334,23 @@ def _check_hard_set(job: SelectJob, strategy: Strategy, loaded: LoadedModel | No
         raise InvalidRequest(f"hard_set.{mode}.embeddings", f"required by method {job.method!r}")
 
 
-def _reuse_cache(strategy: Strategy, job: SelectJob, loaded: LoadedModel) -> Strategy:
+def _reuse_cache(
+    models: ModelStore,
+    strategy: Strategy,
+    job: SelectJob,
+    loaded: LoadedModel,
+    filled: bool = False,
+) -> Strategy:
     """Strategies with a `cache` (feature matching's per-class FAISS indexes) get one per model
     and index settings, so indexes are built once per model, not once per request. The key holds
-    only what changes the cached object (`cache.key`), never per-call knobs like batch sizes."""
+    only what changes the cached object (`cache.key`), never per-call knobs like batch sizes.
+    Caches live in the store's byte-bounded LRU; `filled=True` (after the select) re-measures
+    the cache the strategy filled."""
     cache = getattr(strategy, "cache", None)
     if cache is None:
         return strategy
-    key = (job.method, getattr(cache, "key", None) or tuple(sorted(job.params.items())))
-    with loaded.lock:
-        cached = loaded.cache.setdefault(key, cache)
+    key = getattr(cache, "key", None) or tuple(sorted(job.params.items()))
+    cached = models.strategy_cache(loaded, job.method, key, cache, filled=filled)
     if cached is cache:
         return strategy
     return build_strategy(job.method, job.params, cache=cached)

@@ -7,17 +7,22 @@ another uploaded. A file is stored only after its hash, size, structure, fit to 
 data and the owner's admission policy are verified, and always via a temp file + rename, so a
 crash never leaves a half-written model under a valid name. Owner embeddings are cached per
 (trainer, model, data) on disk as .npy (read back with allow_pickle=False) and in memory.
+
+Memory: parsed models, embeddings and strategy caches (search indexes) share one byte-bounded
+LRU (`owner_node.cache.ByteLRU`, selection.cache_mib). Disk: model and embeddings files are
+bounded per trainer and in total (`owner_node.disk.DiskQuota`); least recently used models are
+evicted, and a later Select with an evicted model gets NOT_FOUND ("upload it first").
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
 import re
 import tempfile
-import threading
-from collections import OrderedDict
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,11 +33,15 @@ from mycroft.data.base import LabeledData
 from mycroft.errors import InvalidRequest, ModelFileError
 from mycroft.files import write_atomic
 from owner_node.admission import AdmissionPolicy, admit, input_bound_of
+from owner_node.cache import ByteLRU, KeyedLocks, measured_nbytes
+from owner_node.disk import DiskQuota, Reservation
 from owner_node.errors import ModelMismatch, ModelNotFound
 from selection.base import Head
 
 log = logging.getLogger("owner_node.models")
 _SHA_RE = re.compile(r"^[0-9a-f]{64}$")
+MiB = 1024 * 1024
+_NPY_HEADER = 4096  # room reserved for an .npy header on top of the array's bytes
 
 
 def check_sha(sha: str, field_name: str = "sha256") -> str:
@@ -66,9 +75,10 @@ class LoadedModel:
     head: Head
     embed_dim: int
     num_classes: int
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    embeddings: np.ndarray | None = None  # (N, d) float32, the owner's rows
-    cache: dict[str, Any] = field(default_factory=dict)  # per-model strategy caches (indexes)
+    nbytes: int = 0  # the model file's size: what the parsed model costs in the memory cache
+    # This model's strategy caches (indexes) as held in the store's memory cache, read-only:
+    # (method, cache key) -> cache. They live in the store so their bytes are bounded.
+    cache: Mapping[tuple, Any] = field(default_factory=dict)
 
     @property
     def gradient_dim(self) -> int:
@@ -83,7 +93,9 @@ class ModelStore:
         *,
         max_bytes: int,
         max_embed_dim: int,
-        cache_size: int = 4,
+        cache_bytes: int = 1024 * MiB,
+        disk_quota_bytes: int = 4096 * MiB,
+        disk_quota_per_trainer_bytes: int = 1024 * MiB,
         embed_batch_size: int = 256,
         admission: AdmissionPolicy | None = None,
     ):
@@ -99,18 +111,31 @@ class ModelStore:
         self.max_bytes = max_bytes
         self.max_embed_dim = max_embed_dim
         self.embed_batch_size = embed_batch_size
-        self._cache_size = cache_size
-        self._loaded: OrderedDict[tuple[str, str], LoadedModel] = OrderedDict()
-        self._lock = threading.Lock()
-        self._load_locks: dict[tuple[str, str], threading.Lock] = {}
+        # Keys hold only what changes the cached object: ("model", trainer, sha),
+        # ("emb", trainer, sha, data fp), ("index", trainer, sha, method, cache key).
+        self.cache: ByteLRU[tuple, Any] = ByteLRU(cache_bytes, on_evict=self._evicted)
+        self._loading = KeyedLocks()  # one parse/embedding per key at a time
+        self.disk = DiskQuota(
+            self.dir,
+            self.emb_dir,
+            self.data_fp[:16],
+            total_bytes=disk_quota_bytes,
+            per_trainer_bytes=disk_quota_per_trainer_bytes,
+            on_evict=self._dropped,
+        )
+        self.disk.scan()  # also deletes temp files of interrupted uploads and writes
 
     def path(self, trainer: str, sha: str) -> Path:
         return self.dir / trainer_key(trainer) / f"{check_sha(sha)}.safetensors"
 
     def size(self, trainer: str, sha: str) -> int | None:
         """Size of `trainer`'s model `sha`, or None if that trainer has not uploaded it."""
-        p = self.path(trainer, sha)
-        return p.stat().st_size if p.is_file() else None
+        try:
+            size = self.path(trainer, sha).stat().st_size
+        except FileNotFoundError:
+            return None
+        self.disk.touch(trainer_key(trainer), sha)  # asked about before a Select: keep it
+        return size
 
     def begin_upload(self, trainer: str, sha: str, total_size: int) -> Upload:
         check_sha(sha, "sha256")
@@ -123,40 +148,72 @@ class ModelStore:
         return Upload(self, trainer, sha, total_size)
 
     def get(self, trainer: str, sha: str) -> LoadedModel:
-        """`trainer`'s parsed model, from memory or disk; ModelNotFound if it never uploaded it."""
+        """`trainer`'s parsed model, from memory or disk; ModelNotFound if it never uploaded it
+        (or it was evicted for disk space)."""
         check_sha(sha, "model_sha256")
-        key = (trainer, sha)
-        with self._lock:
-            if key in self._loaded:
-                self._loaded.move_to_end(key)
-                return self._loaded[key]
-            load_lock = self._load_locks.setdefault(key, threading.Lock())
-        with load_lock:  # one parse per model even if many requests arrive at once
-            with self._lock:
-                if key in self._loaded:
-                    return self._loaded[key]
-            p = self.path(trainer, sha)
-            if not p.is_file():
-                raise ModelNotFound(f"model_sha256: no model {sha[:12]}… here; upload it first")
-            loaded = self._parse(trainer, sha, p.read_bytes())
-            self.remember(loaded)
-            return loaded
+        key = ("model", trainer, sha)
+        loaded = self.cache.get(key)
+        if loaded is None:
+            with self._loading(key):  # one parse per model even if many requests arrive at once
+                loaded = self.cache.get(key)
+                if loaded is None:
+                    try:
+                        data = self.path(trainer, sha).read_bytes()
+                    except FileNotFoundError:
+                        raise ModelNotFound(
+                            f"model_sha256: no model {sha[:12]}… here; upload it first"
+                        ) from None
+                    loaded = self._parse(trainer, sha, data)
+                    self.remember(loaded)
+        self.disk.touch(trainer_key(trainer), sha)
+        return loaded
 
     def remember(self, loaded: LoadedModel) -> None:
         """Keep a parsed model in memory (LRU), so the next Select does not parse it again."""
-        key = (loaded.trainer, loaded.sha256)
-        with self._lock:
-            self._loaded.setdefault(key, loaded)
-            self._loaded.move_to_end(key)
-            while len(self._loaded) > self._cache_size:
-                self._loaded.popitem(last=False)
+        self.cache.setdefault(("model", loaded.trainer, loaded.sha256), loaded, loaded.nbytes)
+
+    @contextlib.contextmanager
+    def in_use(self, loaded: LoadedModel | None) -> Iterator[None]:
+        """While a selection uses `loaded`, its files are never evicted for disk space."""
+        if loaded is None:
+            yield
+            return
+        with self.disk.busy(trainer_key(loaded.trainer), loaded.sha256):
+            yield
+
+    def strategy_cache(
+        self, loaded: LoadedModel, method: str, key: Any, cache: Any, *, filled: bool = False
+    ) -> Any:
+        """The cached strategy cache (an index) for `loaded`, `method` and `key`, else `cache`,
+        kept if it fits. Indexes fill lazily: call again with `filled=True` after the select to
+        re-measure it (evicting LRU entries, or dropping it if it alone exceeds the budget)."""
+        k = ("index", loaded.trainer, loaded.sha256, method, key)
+        if filled:
+            return self.cache.put(k, cache, measured_nbytes(cache))
+        return self.cache.setdefault(k, cache, measured_nbytes(cache))
 
     def embeddings(self, loaded: LoadedModel) -> np.ndarray:
         """The owner's rows embedded with `loaded`: memory, then disk, then computed."""
-        with loaded.lock:
-            if loaded.embeddings is None:
-                loaded.embeddings = self._embeddings(loaded)
-            return loaded.embeddings
+        key = ("emb", loaded.trainer, loaded.sha256, self.data_fp)
+        emb = self.cache.get(key)
+        if emb is not None:
+            return emb
+        with self._loading(key), self.in_use(loaded):
+            emb = self.cache.get(key)
+            if emb is None:
+                emb = self._embeddings(loaded)
+                self.cache.put(key, emb, emb.nbytes)
+            return emb
+
+    def _evicted(self, key: tuple, value: Any) -> None:
+        # Indexes pin the embeddings array they were built on (and would be rebuilt on a new
+        # one): drop them with it, so no unaccounted array stays alive.
+        if key[0] == "emb":
+            self.cache.discard_where(lambda k: k[0] == "index" and k[1:3] == key[1:3])
+
+    def _dropped(self, tkey: str, sha: str) -> None:
+        """A model evicted from disk: forget it in memory too (running jobs keep theirs)."""
+        self.cache.discard_where(lambda k: k[2] == sha and trainer_key(k[1]) == tkey)
 
     def _embeddings(self, loaded: LoadedModel) -> np.ndarray:
         n, d = len(self.data), loaded.embed_dim
@@ -188,8 +245,18 @@ class ModelStore:
                 int(bad.sum()),
             )
             emb[bad] = 0.0
-        folder.mkdir(mode=0o700, exist_ok=True)
-        write_atomic(path, lambda f: np.save(f, emb, allow_pickle=False), binary=True)
+        tkey, sha = trainer_key(loaded.trainer), loaded.sha256
+        if not self.disk.reserve_embeddings(tkey, sha, path.name, emb.nbytes + _NPY_HEADER):
+            return emb  # no room (DiskQuota logs why) or the model was evicted: memory only
+        size = None
+        try:
+            folder.mkdir(mode=0o700, exist_ok=True)
+            write_atomic(path, lambda f: np.save(f, emb, allow_pickle=False), binary=True)
+            size = path.stat().st_size
+        except OSError as e:  # a cache: the Select goes on with the embeddings in memory
+            log.warning("could not write embeddings %s: %s", path.name, e)
+        finally:
+            self.disk.embeddings_written(tkey, sha, path.name, size)
         return emb
 
     def embed(self, loaded: LoadedModel, features: np.ndarray) -> np.ndarray:
@@ -246,11 +313,16 @@ class ModelStore:
         if not (np.isfinite(head.weight).all() and np.isfinite(head.bias).all()):
             raise ModelFileError("head weights contain NaN or infinity")
         admit(model, self.admission, self.input_bound)
-        return LoadedModel(sha, trainer, model, head, int(cfg.embed_dim), int(cfg.num_classes))
+        dims = int(cfg.embed_dim), int(cfg.num_classes)
+        return LoadedModel(
+            sha, trainer, model, head, *dims, len(data), self.cache.view(("index", trainer, sha))
+        )
 
 
 class Upload:
-    """A model arriving in chunks: bounded while streaming, verified before it is stored."""
+    """A model arriving in chunks: bounded while streaming, verified before it is stored. Its
+    declared size is reserved on disk first (DiskQuotaExceeded if it cannot fit); a model the
+    trainer already has is only verified against the stream, never written twice."""
 
     def __init__(self, store: ModelStore, trainer: str, sha: str, total_size: int):
         self.store = store
@@ -259,9 +331,22 @@ class Upload:
         self.total_size = total_size
         self.received = 0
         self._hash = hashlib.sha256()
-        folder = store.path(trainer, sha).parent
-        folder.mkdir(mode=0o700, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".upload-", dir=folder)
+        self._target = store.path(trainer, sha)
+        self._file: Any = None
+        self._tmp: Path | None = None
+        tkey = trainer_key(trainer)
+        self._res: Reservation = store.disk.reserve_upload(tkey, sha, 0)  # protects the model
+        target = self._target
+        if target.is_file() and target.stat().st_size == total_size:  # stored: write nothing
+            return
+        store.disk.release_upload(self._res)
+        self._res = store.disk.reserve_upload(tkey, sha, total_size)
+        try:
+            self._target.parent.mkdir(mode=0o700, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=".upload-", dir=self._target.parent)
+        except BaseException:
+            store.disk.release_upload(self._res)
+            raise
         self._tmp = Path(tmp)
         self._file = os.fdopen(fd, "wb")
 
@@ -272,14 +357,16 @@ class Upload:
                 "data", f"more bytes than the declared total_size {self.total_size}"
             )
         self._hash.update(chunk)
-        self._file.write(chunk)
+        if self._file is not None:
+            self._file.write(chunk)
 
     def finish(self) -> LoadedModel:
         """Verify size, hash and content, then store under the hash. Returns the parsed model."""
         try:
-            self._file.flush()
-            os.fsync(self._file.fileno())
-            self._file.close()
+            if self._file is not None:
+                self._file.flush()
+                os.fsync(self._file.fileno())
+                self._file.close()
             if self.received != self.total_size:
                 raise InvalidRequest(
                     "total_size", f"declared {self.total_size} bytes, received {self.received}"
@@ -289,18 +376,24 @@ class Upload:
                 raise InvalidRequest(
                     "sha256", f"declared {self.sha[:12]}…, received bytes hash to {digest[:12]}…"
                 )
-            loaded = self.store._parse(self.trainer, self.sha, self._tmp.read_bytes())
-            target = self.store.path(self.trainer, self.sha)
-            os.replace(self._tmp, target)
-            _fsync_dir(target.parent)
+            # Already stored: the same hash, so the same bytes as the stream.
+            source = self._tmp if self._tmp is not None else self._target
+            loaded = self.store._parse(self.trainer, self.sha, source.read_bytes())
+            if self._tmp is not None:
+                os.replace(self._tmp, self._target)
+                _fsync_dir(self._target.parent)
+            self.store.disk.commit_upload(self._res, self.total_size)
             return loaded
         finally:
             self.abort()
 
     def abort(self) -> None:
-        if not self._file.closed:
+        """Idempotent: closes and deletes the temp file, releases the reservation."""
+        if self._file is not None and not self._file.closed:
             self._file.close()
-        self._tmp.unlink(missing_ok=True)
+        if self._tmp is not None:
+            self._tmp.unlink(missing_ok=True)
+        self.store.disk.release_upload(self._res)
 
 
 def _fsync_dir(path: Path) -> None:

@@ -43,6 +43,15 @@ class IndexParams:
     train_per_list: int = 64  # training rows per IVF list (faiss warns under 39)
 
 
+def _index_nbytes(ci: ClassIndex) -> int:
+    index = ci.index
+    if ci.exact:  # IndexFlat: the vectors themselves
+        return ci.positions.nbytes + index.ntotal * index.code_size
+    # IVF: a code and a 64-bit id per vector, the coarse centroids, per-list bookkeeping
+    per_list = index.d * 4 + 64
+    return ci.positions.nbytes + index.ntotal * (index.code_size + 8) + index.nlist * per_list
+
+
 def build_class_index(emb_norm: np.ndarray, positions: np.ndarray, p: IndexParams) -> ClassIndex:
     n, d = emb_norm.shape
     if n <= p.flat_threshold:
@@ -83,6 +92,13 @@ class FeatureIndexCache:
     def key(self) -> tuple:
         """What the cached indexes depend on: the index settings, nothing per call."""
         return astuple(self.params)
+
+    @property
+    def nbytes(self) -> int:
+        """Memory the built indexes hold (codes, ids, centroids, positions), so an owner can
+        bound its caches by bytes. The bound embeddings/labels arrays are not counted: they
+        belong to the caller (an owner accounts for them on their own)."""
+        return sum(_index_nbytes(ci) for ci in list(self._indexes.values()))
 
     def clear(self) -> None:
         self._key, self._refs, self._indexes = None, (), {}
