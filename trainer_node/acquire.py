@@ -179,7 +179,7 @@ class _OwnerJob:
                 params=ctx.selection.params.get(method, {}),
             )
             try:
-                subset = client.select(spec)
+                subset = _select(client, spec, ctx.model_bytes)
             except OwnerError as exc:
                 req.error = exc
                 if exc.code in _UNREACHABLE:
@@ -201,6 +201,19 @@ class _OwnerJob:
             out.budget = client.ledger().budget
         except OwnerError as exc:  # the ledger is informative; the last summary's budget stands
             log.warning("owner=%s ledger unavailable: %s", name, exc)
+
+
+def _select(client: OwnerClient, spec: SelectRequestSpec, model_bytes: bytes) -> OwnerSubset:
+    """Select; if the owner no longer holds our model (it evicts least recently used models to
+    stay within its disk quota), upload it again, once, and retry under the same request id."""
+    try:
+        return client.select(spec)
+    except OwnerError as exc:
+        if exc.code != "NOT_FOUND" or not spec.model_sha256:
+            raise
+        log.info("owner=%s no longer holds our model; uploading it again", client.name)
+    client.ensure_model(model_bytes)
+    return client.select(spec)
 
 
 @dataclass(frozen=True)
