@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from owner_node.errors import DiskQuotaExceeded
+from owner_node.errors import Busy, DiskQuotaExceeded
 
 log = logging.getLogger("owner_node.disk")
 MiB = 1024 * 1024
@@ -132,7 +132,10 @@ class DiskQuota:
         with self._lock:
             problem = self._make_room(tkey, nbytes, keep=key, any_trainer=True)
             if problem:
-                raise DiskQuotaExceeded(
+                # Models in use now are evictable later: that is a retry (UNAVAILABLE), not
+                # a refusal.
+                later = self._fits(tkey, nbytes, key, any_trainer=True, in_use=True)
+                raise (Busy if later else DiskQuotaExceeded)(
                     f"no room for a model of {_mib(nbytes)} MiB: {problem}; retry when the "
                     "running selections and uploads end, or ask the owner to raise the quota"
                 )
@@ -197,12 +200,7 @@ class DiskQuota:
         """Evict LRU models until `need` more bytes fit both quotas; a reason when impossible.
         Checked first, so a request that cannot fit anyway evicts nothing."""
 
-        def own(k: Key) -> bool:
-            return k[0] == tkey and k != keep
-
-        def scope(k: Key) -> bool:
-            return k != keep if any_trainer else own(k)
-
+        own, scope = self._scopes(tkey, keep, any_trainer)
         if self._usage(tkey) - self._evictable(own) + need > self.per_trainer_bytes:
             return (
                 f"your models use {_mib(self._usage(tkey))} MiB of the "
@@ -221,12 +219,39 @@ class DiskQuota:
             pass
         return None
 
-    def _evictable(self, eligible: Callable[[Key], bool]) -> int:
-        return sum(e.bytes for k, e in self._entries.items() if self._can_evict(k, e, eligible))
+    @staticmethod
+    def _scopes(
+        tkey: str, keep: Key, any_trainer: bool
+    ) -> tuple[Callable[[Key], bool], Callable[[Key], bool]]:
+        """Which models may go: the trainer's own (its quota), and for the total quota."""
+
+        def own(k: Key) -> bool:
+            return k[0] == tkey and k != keep
+
+        def scope(k: Key) -> bool:
+            return k != keep if any_trainer else own(k)
+
+        return own, scope
+
+    def _fits(self, tkey: str, need: int, keep: Key, *, any_trainer: bool, in_use: bool) -> bool:
+        """Whether `need` bytes would fit if every eligible model (`in_use`: busy ones too)
+        were evicted."""
+        own, scope = self._scopes(tkey, keep, any_trainer)
+        return (
+            self._usage(tkey) - self._evictable(own, in_use) + need <= self.per_trainer_bytes
+            and self._usage(None) - self._evictable(scope, in_use) + need <= self.total_bytes
+        )
+
+    def _evictable(self, eligible: Callable[[Key], bool], in_use: bool = False) -> int:
+        return sum(
+            e.bytes for k, e in self._entries.items() if self._can_evict(k, e, eligible, in_use)
+        )
 
     @staticmethod
-    def _can_evict(key: Key, entry: _Entry, eligible: Callable[[Key], bool]) -> bool:
-        return eligible(key) and entry.busy == 0 and entry.model_bytes > 0
+    def _can_evict(
+        key: Key, entry: _Entry, eligible: Callable[[Key], bool], in_use: bool = False
+    ) -> bool:
+        return eligible(key) and (in_use or entry.busy == 0) and entry.model_bytes > 0
 
     def _evict_lru(self, eligible: Callable[[Key], bool]) -> bool:
         victims = [

@@ -33,7 +33,7 @@ from mycroft.data.base import LabeledData
 from mycroft.v1 import owner_pb2 as pb
 from owner_node.cache import ByteLRU, KeyedLocks
 from owner_node.disk import DiskQuota
-from owner_node.errors import DiskQuotaExceeded
+from owner_node.errors import Busy
 from owner_node.models import LoadedModel, ModelStore, trainer_key
 
 MiB = 1024 * 1024
@@ -264,7 +264,7 @@ def test_upload_over_trainer_quota_evicts_its_lru_model(tmp_path) -> None:
 
 def test_upload_refused_when_nothing_can_be_evicted(tmp_path) -> None:
     """Models in use by a running selection are not evicted: the upload that needs their room
-    gets DiskQuotaExceeded, and nothing is left on disk for it."""
+    is Busy (UNAVAILABLE: retried, as they will be evictable), and nothing is left on disk."""
     data = digits_data()
     first, second, third = (sized_model(data, seed=i) for i in range(3))
     store = ModelStore(
@@ -284,7 +284,7 @@ def test_upload_refused_when_nothing_can_be_evicted(tmp_path) -> None:
 
     loaded = [upload(first), upload(second)]
     with store.in_use(loaded[0]), store.in_use(loaded[1]):
-        with pytest.raises(DiskQuotaExceeded, match="per-trainer disk quota") as e:
+        with pytest.raises(Busy, match="per-trainer disk quota") as e:
             store.begin_upload("alice", model_sha256(third), len(third))
         assert "not enough can be evicted now" in str(e.value) and "retry" in str(e.value)
     assert not list(tmp_path.rglob(".upload-*"))
@@ -321,8 +321,8 @@ def test_embeddings_never_evict_other_trainers_or_in_vain(tmp_path) -> None:
     # 150 more: total 1050 > 1000; only a's own models may go: model 1 (a's LRU), not b's.
     assert quota.reserve_embeddings("a" * 24, "2" * 64, "x.npy", 150)
     assert dropped == [("a" * 24, "1" * 64)] and quota.usage() == 750
-    with quota.busy("a" * 24, "2" * 64):  # in use: an upload needing its room is refused
-        with pytest.raises(DiskQuotaExceeded, match="not enough can be evicted now"):
+    with quota.busy("a" * 24, "2" * 64):  # in use: an upload needing its room waits (retry)
+        with pytest.raises(Busy, match="not enough can be evicted now"):
             quota.reserve_upload("a" * 24, "4" * 64, 500)
     # b's upload: its own model first (per-trainer quota), then anyone's LRU (the total).
     res = quota.reserve_upload("b" * 24, "5" * 64, 600)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
@@ -301,5 +302,65 @@ def test_tls_and_mutual_tls(tmp_path, certs, digits, mutual):
         endpoint = OwnerEndpoint("o1", f"localhost:{port}", token, client_tls, 10.0)
         with OwnerClient(endpoint, ClientSettings(retries=0)) as c:
             assert c.describe().trainer_id == "t1"
+    finally:
+        server.stop(grace=0.5).wait(10)
+
+
+def _model_of_mib(data, seed: int) -> bytes:
+    """A model of about 2 MiB (wide experts): two do not fit a 3 MiB quota."""
+    import torch
+
+    from moe.config import ModelConfig
+    from moe.io import model_to_bytes
+    from moe.model import build_model
+
+    torch.manual_seed(seed)
+    cfg = ModelConfig(
+        input_shape=data.input_shape,
+        num_classes=data.num_classes,
+        class_names=data.class_names,
+        stem_dim=16,
+        conv_channels=4,
+        embed_dim=64,
+        num_experts=4,
+        top_k=1,
+        expert_hidden=4096,
+    )
+    return model_to_bytes(build_model(cfg))
+
+
+def test_model_evicted_by_the_owners_disk_quota_is_uploaded_again(tmp_path, digits):
+    """An owner evicts least recently used models to stay within its disk quota; the trainer's
+    next Select with such a model gets NOT_FOUND, uploads it again and is answered."""
+    from trainer_node.acquire import _select
+
+    first, second = _model_of_mib(digits, 0), _model_of_mib(digits, 1)
+    assert 1.5 * 2**20 < len(first) < 2.5 * 2**20
+    cfg = owner_config(
+        {
+            "owner": {
+                "name": "o1",
+                "listen": "127.0.0.1:0",
+                "state_dir": "state",
+                "disk_quota_per_trainer_mib": 3,
+            },
+            "data": {"source": "digits"},
+            "trainers": [{"id": "t1", "token": TOKEN}],
+        },
+        base_dir=tmp_path,
+    )
+    server, port = build_server(cfg, digits.subset(np.arange(400)))
+    server.start()
+    try:
+        with client_for(f"127.0.0.1:{port}") as c:
+            assert c.ensure_model(first)[1]
+            assert c.ensure_model(second)[1]  # evicts the first
+            assert not c.has_model(hashlib.sha256(first).hexdigest()).present
+            with pytest.raises(OwnerError) as e:
+                c.select(spec("evicted-1", first, digits))
+            assert e.value.code == "NOT_FOUND"
+            sub = _select(c, spec("evicted-2", first, digits), first)
+            assert len(sub) == 8
+            assert c.has_model(hashlib.sha256(first).hexdigest()).present
     finally:
         server.stop(grace=0.5).wait(10)
