@@ -206,6 +206,15 @@ def serve(config: OwnerConfig, data: LabeledData | None = None) -> OwnerServer:
     """Build and start the server; returns it running (call .stop(grace) to end it)."""
     server, port = build_server(config, data)
     server.start()
+    owner = config.owner
+    if owner.disk_quota_mib < len(config.trainers) * owner.disk_quota_per_trainer_mib:
+        log.warning(
+            "owner.disk_quota_mib (%d) is below %d trainers x disk_quota_per_trainer_mib (%d): "
+            "one trainer's uploads may evict other trainers' least recently used models",
+            owner.disk_quota_mib,
+            len(config.trainers),
+            owner.disk_quota_per_trainer_mib,
+        )
     info = server.engine.info()
     log.info(
         "owner %r serving %d rows (%d classes) on port %d%s; methods: %s; trainers: %s",
