@@ -1,12 +1,43 @@
-"""Atomic file writes: reports, owner data files and uploaded models share one implementation."""
+"""Files every part shares: atomic writes (reports, owner data, models) and reading TOML."""
 
 from __future__ import annotations
 
 import os
 import tempfile
+import tomllib
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
+
+from mycroft.errors import ConfigError
+
+MAX_TOML_BYTES = 1024 * 1024  # configs and scenarios are small; a bigger file is a mistake
+
+
+def read_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The parsed TOML file; any problem reading or parsing it is one ConfigError naming the
+    file (never a traceback: deep nesting, non-UTF-8, over-long integers, directories)."""
+    p = Path(path)
+    try:
+        with open(p, "rb") as f:
+            data = f.read(MAX_TOML_BYTES + 1)
+        if len(data) > MAX_TOML_BYTES:
+            raise ConfigError(f"{p}: larger than {MAX_TOML_BYTES // 1024} KiB; not a config file")
+        return tomllib.loads(data.decode("utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{p}: config file not found") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{p}: is a directory, not a config file") from None
+    except OSError as exc:
+        raise ConfigError(f"{p}: cannot read the config file: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{p}: not valid TOML: not UTF-8 (byte {exc.start})") from None
+    except RecursionError:
+        raise ConfigError(f"{p}: not valid TOML: nested too deeply") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{p}: not valid TOML: {exc}") from None
+    except ValueError as exc:  # an integer too long to convert
+        raise ConfigError(f"{p}: not valid TOML: {str(exc).split(';')[0]}") from None
 
 
 def write_atomic(

@@ -17,7 +17,6 @@ and owners' rows (disjoint, deterministic for a seed) and applies the owners' no
 
 from __future__ import annotations
 
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -30,6 +29,7 @@ from mycroft.data.base import DataSource
 from mycroft.data.fashion_mnist import FashionMNIST
 from mycroft.data.partition import RowPool, class_indices, scarce_counts
 from mycroft.errors import ConfigError, DataError
+from mycroft.files import read_toml
 
 SCENARIO_DIR = Path(__file__).parent / "scenarios"
 TRAINING_MODES = ("finetune", "retrain")
@@ -293,12 +293,7 @@ def load_scenario(name_or_path: str | Path) -> Scenario:
                 f"scenario: no built-in scenario {text!r} (built-in: "
                 f"{', '.join(builtin_scenarios())}) and no such file"
             )
-    try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigError(f"scenario: cannot read {path}: {exc.strerror or exc}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"scenario: {path} is not valid TOML: {exc}") from None
+    raw = read_toml(path)
     try:
         return parse_scenario(raw, name=path.stem, base_dir=path.parent)
     except ConfigError as exc:

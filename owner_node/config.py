@@ -8,18 +8,31 @@ directory, so a config works from any working directory.
 from __future__ import annotations
 
 import os
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from mycroft.errors import ConfigError
+from mycroft.files import read_toml
 from owner_node.admission import AdmissionPolicy, parse_admission
+from owner_node.config_fields import (
+    _bool,
+    _float,
+    _int,
+    _no_unknown,
+    _path,
+    _state_dir,
+    _str,
+    _table,
+    _token,
+)
 
 DEFAULT_QUERIES = 100  # computations over the owner's rows a trainer may ask for, by default
-MIN_TOKEN_CHARS = 16  # shorter bearer tokens are guessable; refuse them at start-up
+MAX_ID_CHARS = 128  # trainer ids appear in logs and the ledger
 MiB = 1024 * 1024
+GiB = 1024 * MiB
+MAX_COUNT = 10**9  # rows or queries a budget can grant: far beyond any real use, fits SQLite
 
 
 @dataclass(frozen=True)
@@ -29,6 +42,7 @@ class OwnerSection:
     state_dir: Path = Path("owner-state")
     # A waiting Select costs an idle handler thread and little else, so the defaults queue
     # 64 selections (64 concurrent trainers, one call each) before answering UNAVAILABLE.
+    # Upper bounds (parse refuses more) are in `_OWNER_MAX`, next to the class.
     # gRPC handler threads: >= every long call the limits below allow, plus 2 kept free
     max_workers: int = 80
     selection_workers: int = 2  # threads running strategies, off the gRPC threads
@@ -62,8 +76,28 @@ class OwnerSection:
         return self.selection_workers + self.selection_queue + self.max_uploads + reflection
 
 
+# Largest accepted value of each numeric [owner] field: well past any sane deployment, small
+# enough that a typo (an extra zero or three) is refused instead of exhausting the machine.
+_OWNER_MAX: dict[str, int | float] = dict(
+    max_workers=1024,  # threads
+    selection_workers=256,
+    selection_queue=4096,
+    selections_per_trainer=4096,
+    max_uploads=256,
+    max_uploads_per_trainer=256,
+    max_reflection_streams=64,
+    stream_idle_seconds=3600.0,  # an hour
+    upload_seconds=86400.0,  # a day
+    grace_seconds=3600.0,
+    disk_quota_mib=16 * 1024 * 1024,  # 16 TiB
+    disk_quota_per_trainer_mib=16 * 1024 * 1024,
+)
+
+
 @dataclass(frozen=True)
 class BudgetSection:
+    # default_cap, default_queries and trainers[i].cap/queries: at most MAX_COUNT;
+    # max_rows_per_request: at most limits.max_budget.
     default_cap: int = 256  # distinct rows any one trainer may ever see
     max_rows_per_request: int = 128
     # Computations over the owner's rows (Selects, model warm-ups) any one trainer may ask for.
@@ -106,15 +140,30 @@ class LimitsSection:
     max_abs_hard_value: int = 100_000_000
 
 
+# Largest accepted value of each [limits] field.
+_LIMITS_MAX: dict[str, int] = dict(
+    max_request_bytes=GiB,  # gRPC messages cannot exceed 2 GiB; half of that is plenty
+    max_model_bytes=2 * GiB,  # uploaded in chunks, so it may exceed one message
+    max_hard_rows=1_000_000,
+    max_embed_dim=65536,
+    max_budget=10**7,
+    max_request_id_chars=4096,
+    max_params=256,
+    # 1e30 times an embedding bounded by models.max_embedding (default 1e6) stays far inside
+    # float32's 3.4e38.
+    max_abs_hard_value=10**30,
+)
+
+
 @dataclass(frozen=True)
 class SelectionSection:
     methods: tuple[str, ...] | None = None  # None: every registered strategy except "full"
     allow_full: bool = False  # "full" reveals everything: evaluation only
     hide_class_counts: bool = False
-    embed_batch_size: int = 256
+    embed_batch_size: int = 256  # at most 65536 rows per forward pass
     # Memory for parsed models, the owner's rows embedded with them, and search indexes;
     # least recently used entries are evicted beyond it.
-    cache_mib: int = 1024
+    cache_mib: int = 1024  # at most 1 TiB
 
 
 @dataclass(frozen=True)
@@ -135,15 +184,8 @@ class OwnerConfig:
 
 
 def load_config(path: str | os.PathLike[str]) -> OwnerConfig:
-    path = Path(path)
-    try:
-        with path.open("rb") as f:
-            raw = tomllib.load(f)
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: config file not found") from None
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{path}: not valid TOML: {e}") from None
-    return parse_config(raw, base_dir=path.resolve().parent)
+    raw = read_toml(path)
+    return parse_config(raw, base_dir=Path(path).resolve().parent)
 
 
 def parse_config(raw: Mapping[str, Any], base_dir: Path | None = None) -> OwnerConfig:
@@ -176,35 +218,31 @@ def parse_config(raw: Mapping[str, Any], base_dir: Path | None = None) -> OwnerC
 def _owner(t: Mapping[str, Any], base: Path) -> OwnerSection:
     _no_unknown(t, "owner", set(OwnerSection.__dataclass_fields__))
     name = _str(t, "owner", "name", required=True)
+    d = OwnerSection(name=name)
+
+    def count(key: str, lo: int) -> int:
+        return _int(t, "owner", key, getattr(d, key), lo=lo, hi=int(_OWNER_MAX[key]))
+
+    def seconds(key: str, lo: float) -> float:
+        return _float(t, "owner", key, getattr(d, key), lo=lo, hi=_OWNER_MAX[key])
+
     section = OwnerSection(
         name=name,
         listen=_str(t, "owner", "listen") or OwnerSection.listen,
-        state_dir=_path(_str(t, "owner", "state_dir") or "owner-state", base),
-        max_workers=_int(t, "owner", "max_workers", OwnerSection.max_workers, lo=1),
-        selection_workers=_int(
-            t, "owner", "selection_workers", OwnerSection.selection_workers, lo=1
-        ),
-        selection_queue=_int(t, "owner", "selection_queue", OwnerSection.selection_queue, lo=0),
-        selections_per_trainer=_int(
-            t, "owner", "selections_per_trainer", OwnerSection.selections_per_trainer, lo=1
-        ),
-        max_uploads=_int(t, "owner", "max_uploads", OwnerSection.max_uploads, lo=1),
-        max_uploads_per_trainer=_int(
-            t, "owner", "max_uploads_per_trainer", OwnerSection.max_uploads_per_trainer, lo=1
-        ),
-        stream_idle_seconds=_float(
-            t, "owner", "stream_idle_seconds", OwnerSection.stream_idle_seconds, lo=0.1
-        ),
-        upload_seconds=_float(t, "owner", "upload_seconds", OwnerSection.upload_seconds, lo=1.0),
+        state_dir=_state_dir(_str(t, "owner", "state_dir") or "owner-state", base),
+        max_workers=count("max_workers", 1),
+        selection_workers=count("selection_workers", 1),
+        selection_queue=count("selection_queue", 0),
+        selections_per_trainer=count("selections_per_trainer", 1),
+        max_uploads=count("max_uploads", 1),
+        max_uploads_per_trainer=count("max_uploads_per_trainer", 1),
+        stream_idle_seconds=seconds("stream_idle_seconds", 0.1),
+        upload_seconds=seconds("upload_seconds", 1.0),
         reflection=_bool(t, "owner", "reflection", False),
-        max_reflection_streams=_int(
-            t, "owner", "max_reflection_streams", OwnerSection.max_reflection_streams, lo=1
-        ),
-        disk_quota_mib=_int(t, "owner", "disk_quota_mib", OwnerSection.disk_quota_mib, lo=1),
-        disk_quota_per_trainer_mib=_int(
-            t, "owner", "disk_quota_per_trainer_mib", OwnerSection.disk_quota_per_trainer_mib, lo=1
-        ),
-        grace_seconds=_float(t, "owner", "grace_seconds", 10.0, lo=0.0),
+        max_reflection_streams=count("max_reflection_streams", 1),
+        disk_quota_mib=count("disk_quota_mib", 1),
+        disk_quota_per_trainer_mib=count("disk_quota_per_trainer_mib", 1),
+        grace_seconds=seconds("grace_seconds", 0.0),
         health_listen=_str(t, "owner", "health_listen"),
     )
     if section.health_listen is not None:
@@ -234,9 +272,12 @@ def _owner(t: Mapping[str, Any], base: Path) -> OwnerSection:
 def _budget(t: Mapping[str, Any]) -> BudgetSection:
     _no_unknown(t, "budget", set(BudgetSection.__dataclass_fields__))
     return BudgetSection(
-        default_cap=_int(t, "budget", "default_cap", BudgetSection.default_cap, lo=0),
-        max_rows_per_request=_int(t, "budget", "max_rows_per_request", 128, lo=1),
-        default_queries=_int(t, "budget", "default_queries", DEFAULT_QUERIES, lo=0),
+        default_cap=_int(t, "budget", "default_cap", BudgetSection.default_cap, 0, MAX_COUNT),
+        # bounded again by limits.max_budget once [limits] is read
+        max_rows_per_request=_int(
+            t, "budget", "max_rows_per_request", 128, lo=1, hi=_LIMITS_MAX["max_budget"]
+        ),
+        default_queries=_int(t, "budget", "default_queries", DEFAULT_QUERIES, 0, MAX_COUNT),
     )
 
 
@@ -244,7 +285,10 @@ def _limits(t: Mapping[str, Any]) -> LimitsSection:
     _no_unknown(t, "limits", set(LimitsSection.__dataclass_fields__))
     d = LimitsSection()
     return LimitsSection(
-        **{name: _int(t, "limits", name, getattr(d, name), lo=1) for name in d.__dataclass_fields__}
+        **{
+            name: _int(t, "limits", name, getattr(d, name), lo=1, hi=_LIMITS_MAX[name])
+            for name in d.__dataclass_fields__
+        }
     )
 
 
@@ -278,10 +322,12 @@ def _trainers(
             t, where, {"id", "token", "token_env", "token_file", "cap", "cert_cn", "queries"}
         )
         tid = _str(t, where, "id", required=True)
+        if len(tid) > MAX_ID_CHARS:  # _str refused control characters
+            raise ConfigError(f"{where}.id: must be at most {MAX_ID_CHARS} characters")
         token = _token(t, where, base, required=not mutual)
         cert_cn = _str(t, where, "cert_cn") or (tid if mutual else None)
-        cap = _int(t, where, "cap", budget.default_cap, lo=0)
-        queries = _int(t, where, "queries", budget.default_queries, lo=0)
+        cap = _int(t, where, "cap", budget.default_cap, lo=0, hi=MAX_COUNT)
+        queries = _int(t, where, "queries", budget.default_queries, lo=0, hi=MAX_COUNT)
         out.append(TrainerConfig(tid, token, cap, cert_cn, queries))
     for attr, label in (("id", "id"), ("token", "token"), ("cert_cn", "cert_cn")):
         seen: dict[Any, int] = {}
@@ -293,35 +339,6 @@ def _trainers(
                 raise ConfigError(f"trainers[{i}].{label}: same as trainers[{seen[value]}]")
             seen[value] = i
     return tuple(out)
-
-
-def _token(t: Mapping[str, Any], where: str, base: Path, required: bool) -> str | None:
-    given = [k for k in ("token", "token_env", "token_file") if k in t]
-    if len(given) > 1:
-        raise ConfigError(f"{where}.{given[1]}: give only one of token, token_env, token_file")
-    if not given:
-        if required:
-            raise ConfigError(f"{where}.token: required (token, token_env or token_file)")
-        return None
-    key = given[0]
-    value = _str(t, where, key, required=True)
-    if key == "token_env":
-        token = os.environ.get(value)
-        if token is None:
-            raise ConfigError(f"{where}.token_env: environment variable {value} is not set")
-    elif key == "token_file":
-        p = _path(value, base)
-        try:
-            token = p.read_text(encoding="utf-8").strip()
-        except OSError as e:
-            raise ConfigError(f"{where}.token_file: cannot read {p}: {e.strerror}") from None
-    else:
-        token = value
-    if len(token) < MIN_TOKEN_CHARS or any(c.isspace() for c in token):
-        raise ConfigError(
-            f"{where}.{key}: token must be at least {MIN_TOKEN_CHARS} characters, no spaces"
-        )
-    return token
 
 
 def _selection(t: Mapping[str, Any]) -> SelectionSection:
@@ -348,67 +365,6 @@ def _selection(t: Mapping[str, Any]) -> SelectionSection:
         methods=methods,
         allow_full=allow_full,
         hide_class_counts=_bool(t, "selection", "hide_class_counts", False),
-        embed_batch_size=_int(t, "selection", "embed_batch_size", 256, lo=1),
-        cache_mib=_int(t, "selection", "cache_mib", SelectionSection.cache_mib, lo=1),
+        embed_batch_size=_int(t, "selection", "embed_batch_size", 256, lo=1, hi=65536),
+        cache_mib=_int(t, "selection", "cache_mib", SelectionSection.cache_mib, 1, 1024 * 1024),
     )
-
-
-# --- small typed getters, each naming the field on error ---
-
-
-def _table(raw: Mapping[str, Any], name: str, required: bool = False) -> Mapping[str, Any]:
-    if name not in raw:
-        if required:
-            raise ConfigError(f"{name}: required section [{name}] is missing")
-        return {}
-    if not isinstance(raw[name], Mapping):
-        raise ConfigError(f"{name}: must be a table")
-    return raw[name]
-
-
-def _no_unknown(t: Mapping[str, Any], where: str, known: set[str]) -> None:
-    for key in t:
-        if key not in known:
-            prefix = f"{where}." if where else ""
-            raise ConfigError(f"{prefix}{key}: unknown setting; known: {', '.join(sorted(known))}")
-
-
-def _str(t: Mapping[str, Any], where: str, key: str, required: bool = False) -> str | None:
-    if key not in t:
-        if required:
-            raise ConfigError(f"{where}.{key}: required")
-        return None
-    value = t[key]
-    if not isinstance(value, str) or not value.strip():
-        raise ConfigError(f"{where}.{key}: must be a non-empty string")
-    return value
-
-
-def _int(t: Mapping[str, Any], where: str, key: str, default: int, lo: int) -> int:
-    value = t.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(f"{where}.{key}: must be an integer, got {value!r}")
-    if value < lo:
-        raise ConfigError(f"{where}.{key}: must be >= {lo}, got {value}")
-    return value
-
-
-def _float(t: Mapping[str, Any], where: str, key: str, default: float, lo: float) -> float:
-    value = t.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ConfigError(f"{where}.{key}: must be a number, got {value!r}")
-    if value < lo:
-        raise ConfigError(f"{where}.{key}: must be >= {lo}, got {value}")
-    return float(value)
-
-
-def _bool(t: Mapping[str, Any], where: str, key: str, default: bool) -> bool:
-    value = t.get(key, default)
-    if not isinstance(value, bool):
-        raise ConfigError(f"{where}.{key}: must be true or false, got {value!r}")
-    return value
-
-
-def _path(value: str, base: Path) -> Path:
-    p = Path(os.path.expanduser(value))
-    return p if p.is_absolute() else (base / p).resolve()

@@ -207,8 +207,11 @@ def test_load_scenario_errors(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="no built-in scenario 'nope'"):
         load_scenario("nope")
     (tmp_path / "bad.toml").write_text("name = [")
-    with pytest.raises(ConfigError, match=r"bad\.toml is not valid TOML"):
+    with pytest.raises(ConfigError, match=r"bad\.toml: not valid TOML"):
         load_scenario(tmp_path / "bad.toml")
+    (tmp_path / "deep.toml").write_text("a = " + "[" * 100000 + "]" * 100000)
+    with pytest.raises(ConfigError, match=r"deep\.toml: not valid TOML: nested too deeply"):
+        load_scenario(tmp_path / "deep.toml")
     (tmp_path / "field.toml").write_text('[data]\nsource = "digits"\n')
     with pytest.raises(ConfigError, match=r"field\.toml: trainer: required"):
         load_scenario(tmp_path / "field.toml")

@@ -146,7 +146,7 @@ def test_load_config_errors(tmp_path):
         load_config(tmp_path / "absent.toml")
     bad = tmp_path / "bad.toml"
     bad.write_text("[trainer\n")
-    with pytest.raises(ConfigError, match="invalid TOML"):
+    with pytest.raises(ConfigError, match="not valid TOML"):
         load_config(bad)
 
 
@@ -164,3 +164,57 @@ def test_score_epoch_must_fall_within_training(tmp_path):
         parse_config(raw, tmp_path)
     raw["selection"]["score_epoch"] = 2
     assert parse_config(raw, tmp_path).selection.score_epoch == 2
+
+
+NON_FINITE = [
+    ("data.val_fraction", float("nan")),
+    ("training.lr", float("nan")),
+    ("owners.0.deadline_seconds", float("inf")),
+    ("client.backoff", float("nan")),
+    ("client.backoff_max", 10**400),  # too large even to become a float
+]
+
+
+@pytest.mark.parametrize(("path", "value"), NON_FINITE, ids=[b[0] for b in NON_FINITE])
+def test_numbers_must_be_finite(tmp_path, path, value):
+    with pytest.raises(ConfigError) as info:
+        parse_config(_set(base(), path, value), tmp_path)
+    field = path.replace("owners.0", "owners[0]")
+    assert str(info.value).startswith(f"{field}: "), str(info.value)
+
+
+@pytest.mark.parametrize("token", ["tok\x07en", "tok en", "tokén"], ids=["bell", "space", "é"])
+@pytest.mark.parametrize("key", ["token", "token_env"])
+def test_owner_tokens_must_be_printable_ascii(tmp_path, monkeypatch, token, key):
+    monkeypatch.setenv("TRAINER_TEST_TOKEN", token)
+    raw = _set(base(), "owners.0.token", token if key == "token" else _DELETE)
+    if key == "token_env":
+        raw["owners"][0]["token_env"] = "TRAINER_TEST_TOKEN"
+    with pytest.raises(ConfigError) as info:
+        parse_config(raw, tmp_path)
+    assert str(info.value).startswith(f"owners[0].{key}: "), str(info.value)
+    assert token not in str(info.value)
+
+
+MALFORMED = [
+    ("deep", "a = " + "[" * 100000 + "]" * 100000, "nested too deeply"),
+    ("latin-1", b'[trainer]\nid = "caf\xe9"\n', "not UTF-8"),
+    ("long-int", "a = " + "9" * 5000, "not valid TOML"),
+    ("directory", None, "is a directory"),
+]
+
+
+@pytest.mark.parametrize(("name", "content", "problem"), MALFORMED, ids=[m[0] for m in MALFORMED])
+def test_malformed_files_are_one_config_error(tmp_path, name, content, problem):
+    path = tmp_path / f"{name}.toml"
+    if content is None:
+        path.mkdir()
+    elif isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        path.write_text(content)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: ") and problem in message, message
+    assert "\n" not in message

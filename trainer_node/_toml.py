@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,8 @@ class Section:
         if isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,)):
             raise ConfigError(f"{self._field(key)}: expected {_kind_name(kind)}, got a boolean")
         if float in (kind if isinstance(kind, tuple) else (kind,)) and isinstance(value, int):
+            if abs(value) > 2**1023:  # float() would raise OverflowError
+                raise ConfigError(f"{self._field(key)}: too large for a number")
             value = float(value)
         if not isinstance(value, kind):
             raise ConfigError(
@@ -39,6 +42,8 @@ class Section:
 
     def number(self, key: str, default: float, lo: float | None = None, hi: float | None = None):
         value = self.get(key, float, default)
+        if value is not None and not math.isfinite(value):
+            raise ConfigError(f"{self._field(key)}: must be a finite number, got {value}")
         if lo is not None and value < lo or hi is not None and value > hi:
             raise ConfigError(f"{self._field(key)}: {value} is outside [{lo}, {hi}]")
         return value

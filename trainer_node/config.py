@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import os
 import re
-import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from mycroft.errors import ConfigError
+from mycroft.files import read_toml
 from trainer_node._toml import Section
 
 SELECTION_MODES = ("embedded", "raw")
@@ -297,6 +297,12 @@ def _parse_owner(s: Section) -> OwnerEndpoint:
         token = os.environ.get(token_env)
         if not token:
             raise ConfigError(f"{s.name}.token_env: environment variable {token_env} is not set")
+    # Sent as gRPC metadata: printable ASCII without spaces. Never echo the token itself.
+    if token is not None and not all("\x21" <= c <= "\x7e" for c in token):
+        key = "token" if token_env is None else "token_env"
+        raise ConfigError(
+            f"{s.name}.{key}: the token must be printable ASCII without spaces (0x21-0x7E)"
+        )
     tls = None
     tls_table = s.get("tls", dict)
     if tls_table is not None:
@@ -387,11 +393,5 @@ def parse_config(raw: dict[str, Any], base_dir: Path, config_path: Path | None =
 def load_config(path: str | os.PathLike[str]) -> TrainerConfig:
     """Read and validate a trainer TOML file."""
     p = Path(path).resolve()
-    try:
-        with open(p, "rb") as f:
-            raw = tomllib.load(f)
-    except FileNotFoundError:
-        raise ConfigError(f"{p}: config file not found") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{p}: invalid TOML: {exc}") from None
+    raw = read_toml(p)
     return parse_config(raw, p.parent, p)
