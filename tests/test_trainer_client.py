@@ -22,24 +22,21 @@ from trainer_node.config import ClientSettings, OwnerEndpoint
 TOKEN = "trainer-test-token-0123456789"
 
 
-def tiny_model_bytes(data) -> bytes:
+def tiny_model_bytes(data, seed: int = 0, **sizes: int) -> bytes:
     import torch
 
     from moe.config import ModelConfig
     from moe.io import model_to_bytes
     from moe.model import build_model
 
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
+    shape = {"stem_dim": 16, "conv_channels": 4, "embed_dim": 8, "num_experts": 2}
     cfg = ModelConfig(
         input_shape=data.input_shape,
         num_classes=data.num_classes,
         class_names=data.class_names,
-        stem_dim=16,
-        conv_channels=4,
-        embed_dim=8,
-        num_experts=2,
         top_k=1,
-        expert_hidden=8,
+        **{**shape, "expert_hidden": 8, **sizes},
     )
     return model_to_bytes(build_model(cfg))
 
@@ -306,35 +303,16 @@ def test_tls_and_mutual_tls(tmp_path, certs, digits, mutual):
         server.stop(grace=0.5).wait(10)
 
 
-def _model_of_mib(data, seed: int) -> bytes:
-    """A model of about 2 MiB (wide experts): two do not fit a 3 MiB quota."""
-    import torch
-
-    from moe.config import ModelConfig
-    from moe.io import model_to_bytes
-    from moe.model import build_model
-
-    torch.manual_seed(seed)
-    cfg = ModelConfig(
-        input_shape=data.input_shape,
-        num_classes=data.num_classes,
-        class_names=data.class_names,
-        stem_dim=16,
-        conv_channels=4,
-        embed_dim=64,
-        num_experts=4,
-        top_k=1,
-        expert_hidden=4096,
-    )
-    return model_to_bytes(build_model(cfg))
-
-
 def test_model_evicted_by_the_owners_disk_quota_is_uploaded_again(tmp_path, digits):
     """An owner evicts least recently used models to stay within its disk quota; the trainer's
     next Select with such a model gets NOT_FOUND, uploads it again and is answered."""
     from trainer_node.acquire import _select
 
-    first, second = _model_of_mib(digits, 0), _model_of_mib(digits, 1)
+    # about 2 MiB each (wide experts): two do not fit a 3 MiB quota
+    first, second = (
+        tiny_model_bytes(digits, seed, embed_dim=64, num_experts=4, expert_hidden=4096)
+        for seed in (0, 1)
+    )
     assert 1.5 * 2**20 < len(first) < 2.5 * 2**20
     cfg = owner_config(
         {

@@ -194,27 +194,3 @@ def test_owner_tokens_must_be_printable_ascii(tmp_path, monkeypatch, token, key)
         parse_config(raw, tmp_path)
     assert str(info.value).startswith(f"owners[0].{key}: "), str(info.value)
     assert token not in str(info.value)
-
-
-MALFORMED = [
-    ("deep", "a = " + "[" * 100000 + "]" * 100000, "nested too deeply"),
-    ("latin-1", b'[trainer]\nid = "caf\xe9"\n', "not UTF-8"),
-    ("long-int", "a = " + "9" * 5000, "not valid TOML"),
-    ("directory", None, "is a directory"),
-]
-
-
-@pytest.mark.parametrize(("name", "content", "problem"), MALFORMED, ids=[m[0] for m in MALFORMED])
-def test_malformed_files_are_one_config_error(tmp_path, name, content, problem):
-    path = tmp_path / f"{name}.toml"
-    if content is None:
-        path.mkdir()
-    elif isinstance(content, bytes):
-        path.write_bytes(content)
-    else:
-        path.write_text(content)
-    with pytest.raises(ConfigError) as info:
-        load_config(path)
-    message = str(info.value)
-    assert message.startswith(f"{path}: ") and problem in message, message
-    assert "\n" not in message
