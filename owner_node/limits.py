@@ -37,10 +37,15 @@ class Place:
 
 
 class Limiter:
-    def __init__(self, what: str, total: int, per_trainer: int):
+    """`total` places, at most `per_trainer` per trainer. The last `kept_for_first` places go
+    only to trainers holding none: a few identities each taking their full share cannot fill
+    the node, and every other trainer still gets its first place."""
+
+    def __init__(self, what: str, total: int, per_trainer: int, kept_for_first: int = 0):
         self.what = what  # "selections and model warm-ups", "model uploads", ...
         self.total = total
         self.per_trainer = per_trainer
+        self.kept_for_first = min(kept_for_first, total - 1)
         self._lock = threading.Lock()
         self._held: Counter[str] = Counter()
         self._count = 0
@@ -48,14 +53,20 @@ class Limiter:
     def take(self, trainer: str) -> Place:
         """A place for `trainer`, or Busy (UNAVAILABLE) naming which bound was hit."""
         with self._lock:
-            if self._held[trainer] >= self.per_trainer:
+            held = self._held[trainer]
+            if held >= self.per_trainer:
                 raise Busy(
                     f"trainer {trainer!r} already has {self.per_trainer} {self.what} in "
                     "progress (the owner's per-trainer limit); retry when one ends"
                 )
             if self._count >= self.total:
                 raise Busy(f"the owner is busy with other {self.what}; retry shortly")
-            self._held[trainer] += 1
+            if held and self.total - self._count <= self.kept_for_first:
+                raise Busy(
+                    f"the owner keeps its last {self.kept_for_first} places for trainers with "
+                    f"no {self.what} in progress; retry when one of yours ends"
+                )
+            self._held[trainer] = held + 1
             self._count += 1
         return Place(self, trainer)
 

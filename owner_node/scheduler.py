@@ -1,7 +1,8 @@
 """The owner's work queue for computations over its rows: selections and model warm-ups.
 
 Bounded and fair. Every job runs in a place taken from a `Limiter` (running + queued, in total
-and per trainer), so the queue cannot grow without limit and one trainer cannot fill it. The
+and per trainer, half of them kept for trainers with nothing in progress), so the queue cannot
+grow without limit and a few trainers cannot fill it. The
 workers serve trainers in turn (round robin over trainers with queued jobs), not first come
 first served: a trainer that queues many jobs delays another trainer's next job by at most one
 of its own per worker.
@@ -24,7 +25,11 @@ T = TypeVar("T")
 
 class FairScheduler:
     def __init__(self, workers: int, queue: int, per_trainer: int):
-        self.places = Limiter("selections and model warm-ups", workers + queue, per_trainer)
+        # Up to half the places are kept for trainers with nothing in progress (see Limiter);
+        # never so many that one trainer alone could not reach its own limit.
+        total = workers + queue
+        kept = min(total // 2, total - per_trainer)
+        self.places = Limiter("selections and model warm-ups", total, per_trainer, kept)
         self._cv = threading.Condition()
         self._queues: OrderedDict[str, deque[tuple[Future[Any], Callable[[], Any]]]] = OrderedDict()
         self._closed = False

@@ -94,12 +94,11 @@ class OwnerServicer(pb_grpc.DataOwnerServicer):
                         upload, loaded, known = self._receive(
                             trainer, watch.iterate(request_iterator)
                         )
-                    except grpc.RpcError:
-                        if watch.expired:
-                            raise errors.StreamStalled(
-                                f"upload cancelled: {watch.expired}"
-                            ) from None
-                        raise
+                    except grpc.RpcError:  # the stream broke: stalled, or the client left
+                        why = watch.expired or "the client cancelled it"
+                        raise errors.StreamStalled(
+                            f"upload from {trainer!r} ended: {why}"
+                        ) from None
                 if not known:  # a model new to this trainer: its warm-up costs one query
                     grant = self.ledger.begin_query(
                         trainer, f"upload:{upload.sha}", kind="warm", method="", rows=0

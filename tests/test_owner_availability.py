@@ -367,6 +367,28 @@ def test_limiter_bounds_total_and_per_trainer():
     assert limiter.in_use() == 0
 
 
+def test_last_places_are_kept_for_trainers_with_nothing_in_progress():
+    """A few identities each taking their full share cannot fill the queue: every other
+    trainer still gets its first place."""
+    limiter = Limiter("selections", total=6, per_trainer=4, kept_for_first=3)
+    held = [limiter.take("a") for _ in range(3)]
+    with pytest.raises(Busy, match="keeps its last 3 places"):
+        limiter.take("a")  # below its own limit of 4, but only kept places are left
+    held += [limiter.take(t) for t in ("b", "c", "d")]  # newcomers get them
+    with pytest.raises(Busy, match="busy with other selections"):
+        limiter.take("e")
+    for place in held:
+        place.release()
+    # alone, a trainer reaches its own limit when the scheduler sizes the kept places
+    scheduler = FairScheduler(workers=2, queue=4, per_trainer=6)
+    try:
+        places = [scheduler.reserve("a") for _ in range(6)]
+        for place in places:
+            place.release()
+    finally:
+        scheduler.close()
+
+
 class _FakeContext:
     def __init__(self) -> None:
         self.cancelled = threading.Event()
