@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import CancelledError, Future
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -189,12 +190,46 @@ def unary(method: Callable) -> Callable:
     return wrapper
 
 
+class _RefusalLog:
+    """Refusals (UNAVAILABLE, UNAUTHENTICATED) can come by the hundred per second in a flood:
+    one line per RPC and code per second, with how many were folded into it."""
+
+    CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNAUTHENTICATED})
+
+    def __init__(self, period: float = 1.0):
+        self.period = period
+        self._last: dict[tuple[str, grpc.StatusCode], float] = {}
+        self._folded: dict[tuple[str, grpc.StatusCode], int] = {}
+        self._lock = threading.Lock()
+
+    def due(self, rpc: str, code: grpc.StatusCode) -> int | None:
+        """None: fold this one into the next line; else how many were folded before it."""
+        if code not in self.CODES:
+            return 0
+        key, now = (rpc, code), time.monotonic()
+        with self._lock:
+            if now - self._last.get(key, -self.period) < self.period:
+                self._folded[key] = self._folded.get(key, 0) + 1
+                return None
+            self._last[key] = now
+            return self._folded.pop(key, 0)
+
+
+_refusals = _RefusalLog()
+
+
 def abort(
     context: grpc.ServicerContext, e: Exception, rpc: str, request_id: str, trainer: str = "-"
 ) -> None:
     for cls, code in STATUS:
         if isinstance(e, cls):
-            log.info("%s trainer=%s request=%s -> %s: %s", rpc, trainer, request_id, code.name, e)
+            folded = _refusals.due(rpc, code)
+            if folded is not None:
+                more = f" (+{folded} more like it in the last second)" if folded else ""
+                log.info(
+                    "%s trainer=%s request=%s -> %s: %s%s",
+                    *(rpc, trainer, request_id, code.name, e, more),
+                )
             context.abort(code, str(e))
     log.exception("%s trainer=%s request=%s failed unexpectedly", rpc, trainer, request_id)
     context.abort(

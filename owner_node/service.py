@@ -76,17 +76,18 @@ class OwnerServicer(pb_grpc.DataOwnerServicer):
     def UploadModel(self, request_iterator: Iterable[pb.ModelChunk], context) -> pb.ModelStatus:
         caller = self.auth.identify(context)
         trainer = caller.trainer_id
-        if self.ledger.budget(trainer).queries_left == 0:
-            # The warm-up after an upload is a query: refuse before reading any bytes.
-            raise errors.QueryAllowanceExhausted(
-                f"trainer {trainer!r} has used its whole query allowance; a model upload "
-                "needs one query (its warm-up embeds the owner's rows)"
-            )
         # Before any byte is read: a place among uploads, and one in the work queue for the
-        # warm-up (UNAVAILABLE when either is full). A stalled stream is cancelled.
+        # warm-up (UNAVAILABLE when either is full, the cheapest refusal, so it comes first).
+        # A stalled stream is cancelled.
         with self.uploads.take(trainer):
             place = self.engine.reserve(trainer)
             try:
+                if self.ledger.budget(trainer).queries_left == 0:
+                    # The warm-up after an upload is a query: refuse before reading any bytes.
+                    raise errors.QueryAllowanceExhausted(
+                        f"trainer {trainer!r} has used its whole query allowance; a model "
+                        "upload needs one query (its warm-up embeds the owner's rows)"
+                    )
                 with self.watchdog.watch(
                     context, f"upload from {trainer!r}", self.idle, self.upload_seconds
                 ) as watch:
@@ -173,8 +174,9 @@ class OwnerServicer(pb_grpc.DataOwnerServicer):
             caller = self.auth.identify(context)
             who = caller.trainer_id
             started = time.perf_counter()
+            # UNAVAILABLE before any charge, and before decoding D_hard: a refusal is cheap.
+            place = self.engine.reserve(caller.trainer_id)
             job = parse_select(request, self.limits, self.max_rows)
-            place = self.engine.reserve(caller.trainer_id)  # UNAVAILABLE before any charge
             charge, result = self._select(caller, job, context, place)
             if charge is None:
                 return  # the client went away before anything was charged
