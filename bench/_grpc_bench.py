@@ -98,15 +98,26 @@ def owner_mapping(
 
 
 @contextlib.contextmanager
-def server(kind: str, spec: dict[str, Any] | None = None, timeout: float = 300) -> Iterator[int]:
-    """Start a server child process; yields its port; stops it on exit."""
+def server(
+    kind: str,
+    spec: dict[str, Any] | None = None,
+    timeout: float = 300,
+    pid: list[int] | None = None,
+    stderr: Any = None,
+) -> Iterator[int]:
+    """Start a server child process; yields its port; stops it on exit. `pid`, when given,
+    gets the child's process id appended (to sample its memory); `stderr` is where its log
+    goes (default: this process's stderr)."""
     proc = subprocess.Popen(
         [PY, str(Path(__file__).resolve()), kind, json.dumps(spec or {})],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
+        stderr=stderr,
         cwd=ROOT,
         text=True,
     )
+    if pid is not None:
+        pid.append(proc.pid)
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline()

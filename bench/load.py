@@ -12,7 +12,12 @@ Each level runs twice: with the owner's default [owner] settings (read from
 `owner_node.config.OwnerSection`), and with the previous, small defaults (16 handler threads,
 queue 6) to show the back-pressure an operator gets by choosing a short queue.
 
-    .venv/bin/python bench/load.py [--quick] [--seconds 20]
+Then the hostile mix (bench/_hostile.py, _hostile_run.py, _hostile_report.py): 32 honest
+trainers as above against one owner, quiet and then with hostile clients at the same time,
+the owner's memory, CPU and state directory sampled throughout; written to
+bench/results/load_hostile.json and its own section of docs/BENCHMARKS.md.
+
+    .venv/bin/python bench/load.py [--quick] [--hostile-only] [--seconds 20]
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
 sys.path.insert(0, str(ROOT))
 
+from bench import _hostile_report, _hostile_run  # noqa: E402
 from bench._grpc_bench import Stats, owner_mapping, server, token_for  # noqa: E402
 from bench._report import write_section  # noqa: E402
 from mycroft import wire  # noqa: E402
@@ -142,23 +148,43 @@ def select(stub: pb_grpc.DataOwnerStub, trainer: str, request: pb.SelectRequest)
     return rows
 
 
-def upload(port: int, trainer: str, data: bytes) -> str:
+def upload(port: int, trainer: str, data: bytes, cancelled: list[float] | None = None) -> str:
+    """Upload `data` as `trainer` and warm it, each call made again after the client's back-off
+    when the owner refuses it (its upload and queue places are bounded) or cancels it: its idle
+    watchdog also runs while the owner verifies a model after the last chunk, and the first
+    parse imports torch (~10 s here). `cancelled` gets how long each cancelled call lasted."""
     import hashlib
 
     sha = hashlib.sha256(data).hexdigest()
     with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
         stub = pb_grpc.DataOwnerStub(ch)
         chunks = [
-            pb.ModelChunk(sha256=sha, total_size=len(data), data=data[i : i + 1 << 20])
+            pb.ModelChunk(sha256=sha, total_size=len(data), data=data[i : i + (1 << 20)])
             if i == 0
             else pb.ModelChunk(data=data[i : i + (1 << 20)])
             for i in range(0, len(data), 1 << 20)
         ]
-        stub.UploadModel(iter(chunks), metadata=_meta(trainer), timeout=60)
+        _retrying(
+            lambda: stub.UploadModel(iter(chunks), metadata=_meta(trainer), timeout=60), cancelled
+        )
         # Warm: the owner's embeddings and feature index are built once per model.
         for method in ("feature", "random"):
-            select(stub, trainer, _request(method, sha, 0, hard_set(0)))
+            _retrying(lambda m=method: select(stub, trainer, _request(m, sha, 0, hard_set(0))))
     return sha
+
+
+def _retrying(call, cancelled: list[float] | None = None, attempts: int = 120):
+    retry = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
+    for attempt in range(attempts):
+        start = time.time()
+        try:
+            return call()
+        except grpc.RpcError as e:
+            if e.code() not in retry or attempt == attempts - 1:
+                raise
+            if e.code() == grpc.StatusCode.CANCELLED and cancelled is not None:
+                cancelled.append(round(time.time() - start, 2))
+            time.sleep(BACKOFF)
 
 
 def trainer_loop(port: int, trainer: str, sha: str, t0: float, seconds: float, out: list) -> None:
@@ -200,37 +226,27 @@ def client_process(port: int, trainers: list[str], sha: str, t0: float, seconds:
     return calls
 
 
-def run_level(trainers: int, s: OwnerSettings, seconds: float, tmp: Path, model: bytes) -> dict:
-    ids = [f"t{i:02d}" for i in range(trainers)]
-    mapping = owner_mapping(
-        str(tmp / f"{s.label}-{trainers}"), ids, cap=10**9, max_rows=128, **s.table()
-    )
-    mapping["selection"]["methods"] = ["feature", "random"]
-    # Each trainer selects with its own model (models belong to their uploader): keep every one
-    # parsed, with its embeddings and indexes, as an owner serving this many trainers should.
-    mapping["selection"]["model_cache"] = trainers
-    spec = {"rows": ROWS, "features": FEATURES, "config": mapping}
-    load0 = os.getloadavg()[0]
-    with server("owner", spec) as port:
-        # Models belong to their uploader: every trainer uploads (and warms) its own copy.
-        with ThreadPoolExecutor(8) as uploads:
-            sha = list(uploads.map(lambda t: upload(port, t, model), ids))[0]
-        t0 = time.time() + 3.0  # time for every client to connect before the window opens
-        ctx = mp.get_context("spawn")
-        with ProcessPoolExecutor(CLIENT_PROCS, mp_context=ctx) as pool:
-            futures = [
-                pool.submit(client_process, port, ids[k::CLIENT_PROCS], sha, t0, seconds)
-                for k in range(CLIENT_PROCS)
-            ]
-            calls: list[Call] = [c for f in futures for c in f.result()]
+def _window(port: int, ids: list[str], sha: str, seconds: float, hostile=None):
+    """The honest trainers' window, with the hostile mix given `(HostileClient, kinds)`:
+    honest calls, and what the hostile process returned (None without one)."""
+    t0 = time.time() + 4.0  # time for every client to connect before the window opens
+    if hostile is not None:
+        hostile[0].begin(hostile[1], t0, seconds)
+    with ProcessPoolExecutor(CLIENT_PROCS, mp_context=mp.get_context("spawn")) as pool:
+        futures = [
+            pool.submit(client_process, port, ids[k::CLIENT_PROCS], sha, t0, seconds)
+            for k in range(CLIENT_PROCS)
+        ]
+        calls: list[Call] = [c for f in futures for c in f.result()]
+    return calls, (hostile[0].result() if hostile is not None else None)
+
+
+def honest_summary(calls: list[Call], seconds: float) -> dict:
     ok = [c for c in calls if c.code == "OK"]
     window = max(seconds, max((c.start + c.latency for c in calls), default=seconds))
     codes = Counter(c.code for c in calls if c.code != "OK")
     details = {c.code: c.detail for c in calls if c.code != "OK"}  # one message per code
     return {
-        "trainers": trainers,
-        "config": s.label,
-        "owner": {**s.table(), "max_concurrent_rpcs": s.max_concurrent_rpcs},
         "seconds": window,
         "calls": len(calls),
         "ok": len(ok),
@@ -242,6 +258,29 @@ def run_level(trainers: int, s: OwnerSettings, seconds: float, tmp: Path, model:
         "refused_latency_s": Stats.of([c.latency for c in calls if c.code in REFUSED]).to_dict(),
         "error_details": details,
         "trainers_served": len({c.trainer for c in ok}),
+    }
+
+
+def run_level(trainers: int, s: OwnerSettings, seconds: float, tmp: Path, model: bytes) -> dict:
+    ids = [f"t{i:02d}" for i in range(trainers)]
+    mapping = owner_mapping(
+        str(tmp / f"{s.label}-{trainers}"), ids, cap=10**9, max_rows=128, **s.table()
+    )
+    mapping["selection"]["methods"] = ["feature", "random"]
+    # Each trainer selects with its own model (models belong to their uploader); the default
+    # selection.cache_mib (1024 MiB) keeps every one parsed, with its embeddings and indexes.
+    spec = {"rows": ROWS, "features": FEATURES, "config": mapping}
+    load0 = os.getloadavg()[0]
+    with server("owner", spec) as port:
+        # Models belong to their uploader: every trainer uploads (and warms) its own copy.
+        with ThreadPoolExecutor(8) as uploads:
+            sha = list(uploads.map(lambda t: upload(port, t, model), ids))[0]
+        calls, _ = _window(port, ids, sha, seconds)
+    return {
+        "trainers": trainers,
+        "config": s.label,
+        "owner": {**s.table(), "max_concurrent_rpcs": s.max_concurrent_rpcs},
+        **honest_summary(calls, seconds),
         "load_avg": load0,
     }
 
@@ -253,7 +292,8 @@ def markdown(results: list[dict], seconds: float, total: float) -> str:
         f"One owner process with {ROWS:,} synthetic rows of {FEATURES} float32 features, "
         f"{CLASSES} classes, a tiny uploaded MoE (embed dim {EMBED_DIM}); N distinct trainers "
         "(own token each, from the owner's config; each uploads its own copy of the model, as "
-        "models belong to their uploader, and `selection.model_cache` = N keeps them all parsed) "
+        "models belong to their uploader, and the default `selection.cache_mib` of 1024 MiB keeps "
+        "them all parsed, with their embeddings and indexes: about 5 MiB a trainer here) "
         "in 2 client processes, each with its own "
         f"channel, calling Select for {seconds:.0f} s: budget {BUDGET}, embeddings-only D_hard "
         f'of {HARD_ROWS} rows, "feature" and "random" alternating, fresh request id each call. '
@@ -299,18 +339,21 @@ def _notes(results: list[dict]) -> str:
     by = {(r["trainers"], r["config"]): r["rps"] for r in results}
     ratios = [by[n, "default"] / by[n, c] for n, c in by if c != "default" and (n, "default") in by]
     rps = f"{min(ratios):.1f}–{max(ratios):.1f}×" if ratios else "about the same as"
+    small = [r["error_details"].get("UNAVAILABLE") for r in results if r["config"] != "default"]
+    message = next((m for m in small if m), "the owner is busy with other selections")
     return (
         f"Errors seen: {', '.join(codes) or 'none'}. The default [owner] settings let "
         f"selection_workers + selection_queue = {slots} selections be in flight (running or "
         f"waiting) on {d.get('max_workers', 0)} handler threads: a waiting Select costs an idle "
         "thread and little else, and 2 threads stay free for Describe and health checks "
-        "(the config requires max_workers ≥ selection workers + queue + 2). With one call per "
+        "(the config requires max_workers ≥ selection workers + queue + max_uploads, + "
+        "max_reflection_streams when reflection is on, + 2). With one call per "
         f"trainer in flight, up to {slots} trainers are all queued, not refused: "
         f"{failed} failed calls with the defaults in this run. Throughput is bounded by the 2 "
         "shared, busy cores either way, so the wait becomes queueing latency: p50 grows with the "
         "number of trainers, as Little's law predicts. Beyond the queue, UNAVAILABLE remains the "
         "back-pressure: the 'small queue' rows (the previous defaults, 16 threads and a queue of "
-        '6) refuse a Select at once ("the owner is busy with other selections; retry shortly")'
+        f'6) refuse a Select at once ("{message}")'
         + (fast if refused else "")
         + ", before anything is selected or charged, with the status the trainer client retries "
         "with back-off reusing the request id; served calls then see a short median latency but "
@@ -324,17 +367,25 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="16 trainers, a few seconds (smoke run)")
     ap.add_argument("--seconds", type=float, default=None, help="window per level (default 20)")
+    ap.add_argument("--hostile-only", action="store_true", help="only the hostile mix")
     ap.add_argument("--no-write", action="store_true", help="print, do not write the doc")
     ap.add_argument("--render", action="store_true", help="rewrite the doc from results JSON")
     args = ap.parse_args()
+    results_dir = ROOT / "bench" / "results"
     if args.render:  # same measurements, new text: no re-run needed
-        data = json.loads((ROOT / "bench" / "results" / "load.json").read_text())
-        md = markdown(data["results"], data["seconds"], data["total_seconds"])
-        write_section("load", md, data)
-        print(md)
+        if not args.hostile_only:
+            data = json.loads((results_dir / "load.json").read_text())
+            md = markdown(data["results"], data["seconds"], data["total_seconds"])
+            write_section("load", md, data)
+            print(md)
+        if (results_dir / "load_hostile.json").exists():
+            data = json.loads((results_dir / "load_hostile.json").read_text())
+            md = _hostile_report.markdown(data)
+            write_section("load_hostile", md, data)
+            print(md)
         return
     seconds = args.seconds or (3.0 if args.quick else 20.0)
-    levels = [16] if args.quick else [16, 32, 64]
+    levels = [] if args.hostile_only else [16] if args.quick else [16, 32, 64]
     started = time.perf_counter()
     model = model_bytes()
     results = []
@@ -349,14 +400,23 @@ def main() -> None:
                     f"{r['latency_s']['p99'] * 1e3:.0f} ms, errors {r['errors'] or 'none'}",
                     flush=True,
                 )
-    total = time.perf_counter() - started
-    md = markdown(results, seconds, total)
-    if args.no_write:
+        levels_total = time.perf_counter() - started
+        hostile = _hostile_run.run_hostile(seconds, Path(tmp), model)
+    hostile["total_seconds"] = time.perf_counter() - started - levels_total
+    hostile["quick"] = args.quick
+    outputs = [("load_hostile", _hostile_report.markdown(hostile), hostile)]
+    if results:
+        data = {
+            "seconds": seconds,
+            "total_seconds": levels_total,
+            "quick": args.quick,
+            "results": results,
+        }
+        outputs.insert(0, ("load", markdown(results, seconds, levels_total), data))
+    for name, md, data in outputs:
+        if not args.no_write:
+            write_section(name, md, data)
         print(md)
-        return
-    data = {"seconds": seconds, "total_seconds": total, "quick": args.quick, "results": results}
-    write_section("load", md, data)
-    print(md)
 
 
 if __name__ == "__main__":
