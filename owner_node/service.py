@@ -78,7 +78,6 @@ class OwnerServicer(pb_grpc.DataOwnerServicer):
         trainer = caller.trainer_id
         # Before any byte is read: a place among uploads, and one in the work queue for the
         # warm-up (UNAVAILABLE when either is full, the cheapest refusal, so it comes first).
-        # A stalled stream is cancelled.
         with self.uploads.take(trainer):
             place = self.engine.reserve(trainer)
             try:
@@ -88,18 +87,7 @@ class OwnerServicer(pb_grpc.DataOwnerServicer):
                         f"trainer {trainer!r} has used its whole query allowance; a model "
                         "upload needs one query (its warm-up embeds the owner's rows)"
                     )
-                with self.watchdog.watch(
-                    context, f"upload from {trainer!r}", self.idle, self.upload_seconds
-                ) as watch:
-                    try:
-                        upload, loaded, known = self._receive(
-                            trainer, watch.iterate(request_iterator)
-                        )
-                    except grpc.RpcError:  # the stream broke: stalled, or the client left
-                        why = watch.expired or "the client cancelled it"
-                        raise errors.StreamStalled(
-                            f"upload from {trainer!r} ended: {why}"
-                        ) from None
+                upload, loaded, known = self._receive_watched(trainer, request_iterator, context)
                 if not known:  # a model new to this trainer: its warm-up costs one query
                     grant = self.ledger.begin_query(
                         trainer, f"upload:{upload.sha}", kind="warm", method="", rows=0
@@ -112,6 +100,18 @@ class OwnerServicer(pb_grpc.DataOwnerServicer):
                     place.release()
         log.info("upload trainer=%s model=%s bytes=%d", trainer, upload.sha[:12], upload.total_size)
         return pb.ModelStatus(sha256=upload.sha, present=True, size=upload.total_size)
+
+    def _receive_watched(
+        self, trainer: str, request_iterator: Iterable[pb.ModelChunk], context
+    ) -> tuple[Upload, LoadedModel, bool]:
+        """`_receive` with the stream under the watchdog: a stalled upload is cancelled."""
+        what = f"upload from {trainer!r}"
+        with self.watchdog.watch(context, what, self.idle, self.upload_seconds) as watch:
+            try:
+                return self._receive(trainer, watch.iterate(request_iterator))
+            except grpc.RpcError:  # the stream broke: stalled, or the client left
+                why = watch.expired or "the client cancelled it"
+                raise errors.StreamStalled(f"{what} ended: {why}") from None
 
     def _receive(
         self, trainer: str, chunks: Iterable[pb.ModelChunk]
