@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,6 +19,7 @@ from moe.model import MoEClassifier, build_model
 from moe.train import EpochStats, Metrics, TrainConfig, evaluate, fit_normalization, train
 from mycroft.data.base import LabeledData
 from mycroft.errors import ConfigError, DataError, MycroftError
+from trainer_node.acquire import ProgressEvent, ProgressFn
 from trainer_node.config import DataConfig, ModelSettings, TrainerConfig, TrainingSettings
 from trainer_node.dhard import DHard, build_dhard
 from trainer_node.messages import EmbeddedHard, RawHard
@@ -174,7 +176,11 @@ def accuracy_on(model: MoEClassifier, data: LabeledData) -> float | None:
 
 
 def train_with_checkpoint(
-    model: MoEClassifier, data: LabeledData, cfg: TrainConfig, checkpoint_epoch: int | None
+    model: MoEClassifier,
+    data: LabeledData,
+    cfg: TrainConfig,
+    checkpoint_epoch: int | None,
+    on_epoch: Callable[[EpochStats], None] | None = None,
 ) -> MoEClassifier:
     """Train `model` in place; return a copy of its weights after `checkpoint_epoch` epochs of
     the same run, or `model` itself when no earlier checkpoint is asked for. An early
@@ -184,12 +190,27 @@ def train_with_checkpoint(
     def keep(stats: EpochStats) -> None:
         if checkpoint_epoch is not None and stats.epoch + 1 == checkpoint_epoch:
             early.append(copy.deepcopy(model).eval())
+        if on_epoch is not None:
+            on_epoch(stats)
 
     train(model, data, cfg, progress=keep)
     return early[0] if early else model
 
 
-def train_baseline(cfg: TrainerConfig, data: TrainerData) -> Baseline:
+def _epoch_events(progress: ProgressFn, epochs: int) -> Callable[[EpochStats], None]:
+    """Baseline training as "epoch k of N" events: the bar (or log line) gets counts and an ETA."""
+    progress(ProgressEvent("baseline", "training", None, 0, epochs))
+
+    def on_epoch(stats: EpochStats) -> None:
+        message = f"epoch {stats.epoch + 1} of {stats.epochs}, loss {stats.loss:.3f}"
+        progress(ProgressEvent("baseline", message, None, stats.epoch + 1, stats.epochs))
+
+    return on_epoch
+
+
+def train_baseline(
+    cfg: TrainerConfig, data: TrainerData, progress: ProgressFn | None = None
+) -> Baseline:
     """Train on the trainer's own rows with the first seed, evaluate, build D_hard."""
     mcfg = model_config(cfg.model, data)
     seed = cfg.training.seeds[0]
@@ -199,9 +220,9 @@ def train_baseline(cfg: TrainerConfig, data: TrainerData) -> Baseline:
         torch.manual_seed(seed)
         model = build_model(mcfg)
     start = time.perf_counter()
-    scorer = train_with_checkpoint(
-        model, data.train, train_config(cfg.training, seed), cfg.selection.score_epoch
-    )
+    tcfg = train_config(cfg.training, seed)
+    on_epoch = None if progress is None else _epoch_events(progress, tcfg.epochs)
+    scorer = train_with_checkpoint(model, data.train, tcfg, cfg.selection.score_epoch, on_epoch)
     seconds = time.perf_counter() - start
     dhard = build_dhard(
         model,

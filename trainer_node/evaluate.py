@@ -224,7 +224,8 @@ def evaluate_owners(
         name = owner.endpoint.name
         if progress is not None:
             msg = f"{name}: {req.method}@{req.budget} {mode} seed {seed}"
-            progress(ProgressEvent("evaluate", msg, name, i, len(cells)))
+            # One count across all owners (owner None): "k of N" is the whole stage's.
+            progress(ProgressEvent("evaluate", msg, None, i, len(cells)))
         assert req.subset is not None
         trained = control = None
         if len(req.subset):
