@@ -84,9 +84,15 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--trainer", help="only this trainer id")
     inspect.add_argument("--json", action="store_true", help="print JSON instead of a table")
     inspect.set_defaults(func=_owner_inspect)
-    health = owner_cmds.add_parser("health", help="exit 0 if the owner node reports SERVING")
-    health.add_argument("--config", help="owner TOML config (address and TLS are read from it)")
-    health.add_argument("--address", help="host:port, overrides the config's listen address")
+    health = owner_cmds.add_parser(
+        "health", help="exit 0 if the owner node reports SERVING, 1 if not (saying why)"
+    )
+    health.add_argument(
+        "--config", help="owner TOML config (only its listen addresses and [tls] are read)"
+    )
+    health.add_argument(
+        "--address", help="host:port ([::1]:50051 for IPv6); overrides the config's address"
+    )
     health.add_argument("--timeout", type=float, default=3.0, help="seconds (default 3)")
     health.set_defaults(func=_owner_health)
 

@@ -20,6 +20,7 @@ from owner_node.config_fields import (
     _bool,
     _float,
     _int,
+    _listen_addresses,
     _no_unknown,
     _path,
     _state_dir,
@@ -226,9 +227,10 @@ def _owner(t: Mapping[str, Any], base: Path) -> OwnerSection:
     def seconds(key: str, lo: float) -> float:
         return _float(t, "owner", key, getattr(d, key), lo=lo, hi=_OWNER_MAX[key])
 
+    listen, health_listen = _listen_addresses(t, OwnerSection.listen)
     section = OwnerSection(
         name=name,
-        listen=_str(t, "owner", "listen") or OwnerSection.listen,
+        listen=listen,
         state_dir=_state_dir(_str(t, "owner", "state_dir") or "owner-state", base),
         max_workers=count("max_workers", 1),
         selection_workers=count("selection_workers", 1),
@@ -243,15 +245,8 @@ def _owner(t: Mapping[str, Any], base: Path) -> OwnerSection:
         disk_quota_mib=count("disk_quota_mib", 1),
         disk_quota_per_trainer_mib=count("disk_quota_per_trainer_mib", 1),
         grace_seconds=seconds("grace_seconds", 0.0),
-        health_listen=_str(t, "owner", "health_listen"),
+        health_listen=health_listen,
     )
-    if section.health_listen is not None:
-        host = section.health_listen.rpartition(":")[0].strip("[]")
-        if host not in ("127.0.0.1", "localhost", "::1"):
-            raise ConfigError(
-                f"owner.health_listen: {section.health_listen!r} must be on loopback "
-                "(127.0.0.1, localhost or [::1]): it is plaintext"
-            )
     # Each Select, upload and reflection stream holds a gRPC thread while it lasts; leave
     # threads free so Describe, HasModel and health checks answer even when every limit is hit.
     if section.long_calls > section.max_workers - 2:

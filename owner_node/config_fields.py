@@ -173,3 +173,57 @@ def _token(t: Mapping[str, Any], where: str, base: Path, required: bool) -> str 
                 f"(0x21-0x7E); character {i + 1} is {kind}"
             )
     return token
+
+
+MAX_PORT = 65535
+# `owner.health_listen` is plaintext: only these hosts keep it off the network.
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+def split_address(value: str, where: str, lowest_port: int = 0) -> tuple[str, int]:
+    """`host:port` (IPv6 as `[::1]:50051`) split into host, without brackets, and port.
+
+    gRPC would read a missing port as 443 and an IPv6 host without brackets ambiguously, so
+    both are refused here, naming `where` (a config field or a command-line flag).
+    """
+    expected = f"{where}: expected host:port, got {_shown(value)}"
+    if value.startswith("["):
+        host, bracket, port = value[1:].partition("]:")
+        if not bracket or not host:
+            raise ConfigError(f"{expected} (IPv6 as [::1]:50051)")
+    else:
+        host, colon, port = value.rpartition(":")
+        if not colon or not host or not port:
+            raise ConfigError(expected)
+        if ":" in host:
+            raise ConfigError(f"{expected} (put an IPv6 host in brackets: [::1]:50051)")
+    digits = port.isascii() and port.isdigit() and len(port) <= len(str(MAX_PORT))
+    if not (digits and lowest_port <= int(port) <= MAX_PORT):
+        raise ConfigError(
+            f"{where}: port must be a number from {lowest_port} to {MAX_PORT}, got {_shown(port)}"
+        )
+    return host, int(port)
+
+
+def _address(t: Mapping[str, Any], where: str, key: str) -> str | None:
+    """A host:port listen address (port 0: any free port), or None when not set."""
+    value = _str(t, where, key)
+    if value is not None:
+        split_address(value, f"{where}.{key}")
+    return value
+
+
+def _listen_addresses(t: Mapping[str, Any], default_listen: str) -> tuple[str, str | None]:
+    """`owner.listen` and `owner.health_listen`, the latter only on loopback."""
+    listen = _address(t, "owner", "listen") or default_listen
+    health_listen = _address(t, "owner", "health_listen")
+    if health_listen is not None:
+        host, port = split_address(health_listen, "owner.health_listen")
+        if host not in LOOPBACK_HOSTS:
+            raise ConfigError(
+                f"owner.health_listen: {health_listen!r} must be on loopback "
+                "(127.0.0.1, localhost or [::1]): it is plaintext"
+            )
+        if health_listen == listen and port != 0:
+            raise ConfigError(f"owner.health_listen: {health_listen} is owner.listen too")
+    return listen, health_listen

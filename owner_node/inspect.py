@@ -11,6 +11,11 @@ import json
 from dataclasses import asdict
 from typing import Any
 
+from rich import box
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
 from mycroft.errors import ConfigError
 from owner_node.config import load_config
 from owner_node.ledger import Ledger
@@ -58,34 +63,49 @@ def inspect_ledger(config_path: str, trainer: str | None = None, as_json: bool =
     if as_json:
         print(json.dumps(view, indent=2))
         return 0
-    from rich.console import Console
-    from rich.table import Table
-
     console = Console()
-    summary = Table(title="Budget per trainer: rows revealed and queries asked")
-    columns = ("trainer", "row cap", "rows used", "rows left")
-    columns += ("queries", "queries used", "queries left", "requests", "last request (UTC)")
-    for col in columns:
-        summary.add_column(col, justify="left" if col == "trainer" else "right")
+    console.print(_summary_table(view))
+    for item in view:
+        if item["requests"]:
+            _print_requests(console, item["trainer"], item["requests"])
+    return 0
+
+
+def _summary_table(view: list[dict[str, Any]]) -> Table:
+    """One row per trainer, laid out to fit 80 terminal columns without cutting anything:
+    two-line headers and dates, light borders; "fold" breaks what still does not fit (a long
+    trainer id, a huge count) over lines instead of cutting it to "..."."""
+    header = ("trainer", "row\ncap", "rows\nused", "rows\nleft", "queries", "queries\nused")
+    header += ("queries\nleft", "requests", "last request\n(UTC)")
+    counts = ("cap", "used", "left", "queries", "queries_used", "queries_left")
+    table = Table(
+        title="Budget per trainer: rows revealed and queries asked",
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        pad_edge=False,
+        collapse_padding=True,
+    )
+    for i, name in enumerate(header):
+        table.add_column(name, justify="left" if i == 0 else "right", overflow="fold")
     for item in view:
         b, reqs = item["budget"], item["requests"]
-        last = _when(reqs[-1]["timestamp"]) if reqs else "-"
-        counts = ("cap", "used", "left", "queries", "queries_used", "queries_left")
-        summary.add_row(item["trainer"], *(str(b[k]) for k in counts), str(len(reqs)), last)
-    console.print(summary)
-    for item in view:
-        if not item["requests"]:
-            continue
-        table = Table(title=f"Requests from {item['trainer']}")
-        for col in ("when (UTC)", "request id", "method", "rows sent", "new rows"):
-            table.add_column(col, justify="right" if "rows" in col else "left")
-        for r in item["requests"]:
-            table.add_row(
-                _when(r["timestamp"]),
-                r["request_id"],
-                r["method"],
-                str(r["rows"]),
-                str(r["new_rows"]),
-            )
-        console.print(table)
-    return 0
+        last = _when(reqs[-1]["timestamp"]).replace(" ", "\n") if reqs else "-"
+        row = (item["trainer"], *(str(b[k]) for k in counts), str(len(reqs)), last)
+        table.add_row(*(Text(cell) for cell in row))  # Text: ids are not rich markup
+    return table
+
+
+def _print_requests(console: Console, trainer: str, requests: list[dict[str, Any]]) -> None:
+    """One line per request, its id last and whole: an operator copies or greps request ids
+    (up to 128 characters), so no terminal width may cut or break one."""
+    console.print(Text(f"\nRequests from {trainer}", style="italic"), soft_wrap=True)
+    console.print(Text(_REQUEST_LINE.format(*_REQUEST_COLUMNS), style="bold"), soft_wrap=True)
+    for r in requests:
+        line = _REQUEST_LINE.format(
+            _when(r["timestamp"]), r["method"], r["rows"], r["new_rows"], r["request_id"]
+        )
+        console.print(Text(line), soft_wrap=True)  # soft_wrap: rich neither wraps nor cuts
+
+
+_REQUEST_COLUMNS = ("when (UTC)", "method", "rows sent", "new rows", "request id")
+_REQUEST_LINE = "{:<19}  {:<12}  {:>9}  {:>8}  {}"

@@ -7,8 +7,11 @@ it; `run_owner(path)` is the whole process: config, signals, graceful shutdown, 
 
 from __future__ import annotations
 
+import errno
 import logging
 import signal
+import socket
+import ssl
 import sys
 import threading
 from collections.abc import Callable
@@ -22,7 +25,8 @@ from mycroft.data.base import LabeledData
 from mycroft.errors import MycroftError
 from mycroft.v1 import owner_pb2 as pb
 from owner_node.auth import Authenticator
-from owner_node.config import OwnerConfig, load_config
+from owner_node.config import OwnerConfig, TlsConfig, load_config
+from owner_node.config_fields import split_address
 from owner_node.engine import Engine
 from owner_node.health import add_health
 from owner_node.ledger import Ledger
@@ -36,6 +40,9 @@ log = logging.getLogger("owner_node.server")
 UNARY_REQUEST_SECONDS = 10.0
 PATIENT_WAITS = 8  # beyond this many waiting at once, a new one gets 0.25 s (rpc.RequestWaits)
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["DataOwner"].full_name  # "mycroft.v1.DataOwner"
+# gRPC sets SO_REUSEPORT on Linux, so a second owner on a taken port would bind and share
+# (or steal) the first one's connections; without it the bind fails and we can say so.
+NO_PORT_SHARING = ("grpc.so_reuseport", 0)
 
 
 class OwnerServer(grpc.Server):
@@ -117,6 +124,7 @@ def build_server(config: OwnerConfig, data: LabeledData | None = None) -> tuple[
 
     `data` overrides the config's [data] source (tests pass rows directly).
     """
+    credentials = _check_before_loading(config)
     health_servicer = health.HealthServicer()
     for name in ("", SERVICE_NAME):
         health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
@@ -138,6 +146,7 @@ def build_server(config: OwnerConfig, data: LabeledData | None = None) -> tuple[
             options=[
                 ("grpc.max_receive_message_length", limits.max_request_bytes),
                 ("grpc.max_send_message_length", limits.max_request_bytes),
+                NO_PORT_SHARING,
             ],
             maximum_concurrent_rpcs=config.owner.max_workers * 4,
         )
@@ -146,7 +155,7 @@ def build_server(config: OwnerConfig, data: LabeledData | None = None) -> tuple[
         add_servicer(servicer, server, watchdog, RequestWaits(idle, patient=PATIENT_WAITS))
         closers.append(add_health(server, health_servicer, watchdog).shutdown)
         add_reflection(server, SERVICE_NAME, auth, watchdog, config.owner)
-        port = _bind(server, config)
+        port = _add_port(server, config.owner.listen, "owner.listen", credentials)
         health_server = _health_only_server(health_servicer, config, watchdog, closers)
     except BaseException:
         for close_one in closers:
@@ -160,6 +169,21 @@ def build_server(config: OwnerConfig, data: LabeledData | None = None) -> tuple[
     return server_obj, port
 
 
+def _check_before_loading(config: OwnerConfig) -> grpc.ServerCredentials | None:
+    """Refuse, in one line naming the field, what would fail only after the data is loaded
+    (slow), or fail as raw gRPC log lines or a traceback. Returns the TLS credentials."""
+    for where, address in _bound_addresses(config):
+        _check_can_listen(address, where)
+    credentials = _tls_credentials(config.tls) if config.tls is not None else None
+    try:  # the engine makes it too (same mode), but a failure there is a traceback
+        config.owner.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as e:
+        raise MycroftError(
+            f"owner.state_dir: cannot create {config.owner.state_dir}: {e.strerror}"
+        ) from None
+    return credentials
+
+
 def _health_only_server(
     health_servicer: health.HealthServicer,
     config: OwnerConfig,
@@ -171,35 +195,89 @@ def _health_only_server(
     if address is None:
         return None
     # The health pool serves the calls; this one only accepts them (gRPC needs one).
-    server = grpc.server(ThreadPoolExecutor(max_workers=1, thread_name_prefix="health-accept"))
+    server = grpc.server(
+        ThreadPoolExecutor(max_workers=1, thread_name_prefix="health-accept"),
+        options=[NO_PORT_SHARING],
+    )
     closers.append(add_health(server, health_servicer, watchdog).shutdown)
-    try:
-        port = server.add_insecure_port(address)
-    except RuntimeError as e:
-        raise MycroftError(f"owner.health_listen: cannot listen on {address}: {e}") from None
-    if port == 0:
-        raise MycroftError(f"owner.health_listen: cannot listen on {address}")
+    _add_port(server, address, "owner.health_listen")
     return server
 
 
-def _bind(server: grpc.Server, config: OwnerConfig) -> int:
-    address = config.owner.listen
+def _tls_credentials(tls: TlsConfig) -> grpc.ServerCredentials:
+    """The server's TLS credentials, checked with Python's ssl first: gRPC refuses a bad
+    certificate or key only with raw log lines and a bind failure that does not say why."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    for where, path in (("tls.cert", tls.cert), ("tls.client_ca", tls.client_ca)):
+        try:
+            if path is not None:
+                context.load_verify_locations(cafile=path)  # parses every certificate in it
+        except (ssl.SSLError, OSError):
+            raise MycroftError(f"{where}: {path} holds no valid PEM certificate") from None
     try:
-        if config.tls is None:
+        # An empty password: an encrypted key fails here instead of prompting on a terminal
+        # (gRPC cannot use one either).
+        context.load_cert_chain(tls.cert, tls.key, password=b"")
+    except (ssl.SSLError, OSError):
+        raise MycroftError(
+            f"tls.key: {tls.key} is not the unencrypted PEM private key of tls.cert"
+        ) from None
+    return grpc.ssl_server_credentials(
+        [(tls.key.read_bytes(), tls.cert.read_bytes())],
+        root_certificates=tls.client_ca.read_bytes() if tls.client_ca else None,
+        require_client_auth=tls.mutual,
+    )
+
+
+def _add_port(
+    server: grpc.Server,
+    address: str,
+    where: str,
+    credentials: grpc.ServerCredentials | None = None,
+) -> int:
+    """Bind `server` to `address`; the port, or MycroftError naming the field `where`."""
+    try:
+        if credentials is None:
             port = server.add_insecure_port(address)
         else:
-            tls = config.tls
-            credentials = grpc.ssl_server_credentials(
-                [(tls.key.read_bytes(), tls.cert.read_bytes())],
-                root_certificates=tls.client_ca.read_bytes() if tls.client_ca else None,
-                require_client_auth=tls.mutual,
-            )
             port = server.add_secure_port(address, credentials)
-    except RuntimeError as e:
-        raise MycroftError(f"owner.listen: cannot listen on {address}: {e}") from None
-    if port == 0:
-        raise MycroftError(f"owner.listen: cannot listen on {address}")
+    except RuntimeError:
+        port = 0
+    if port == 0:  # taken since _check_can_listen, or refused for a reason it cannot see
+        raise MycroftError(f"{where}: cannot listen on {address}")
     return port
+
+
+def _bound_addresses(config: OwnerConfig) -> list[tuple[str, str]]:
+    """(field, address) of every address the node listens on."""
+    addresses = [("owner.listen", config.owner.listen)]
+    if config.owner.health_listen is not None:
+        addresses.append(("owner.health_listen", config.owner.health_listen))
+    return addresses
+
+
+def _check_can_listen(address: str, where: str) -> None:
+    """Raise MycroftError, naming `where`, unless a listening socket can take `address`.
+
+    Binds and releases a plain socket on each address the host resolves to, as gRPC will
+    (SO_REUSEADDR, so connections still closing from a previous run do not count)."""
+    host, port = split_address(address, where)
+    try:
+        resolved = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as e:
+        raise MycroftError(f"{where}: cannot resolve {host!r}: {e.strerror}") from None
+    failures: list[OSError] = []
+    for family, kind, proto, _, sockaddr in resolved:
+        try:  # creating the socket fails too where the family is off (IPv6 disabled)
+            with socket.socket(family, kind, proto) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                probe.bind(sockaddr)
+        except OSError as e:
+            failures.append(e)
+    if any(e.errno == errno.EADDRINUSE for e in failures):
+        raise MycroftError(f"{where}: {address} is already in use (another owner node?)")
+    if failures and len(failures) == len(resolved):  # gRPC needs one of them to bind
+        raise MycroftError(f"{where}: cannot listen on {address}: {failures[0].strerror}")
 
 
 def serve(config: OwnerConfig, data: LabeledData | None = None) -> OwnerServer:
