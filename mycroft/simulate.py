@@ -284,6 +284,8 @@ def run_local(plan: SimulationPlan, *, startup_timeout: float = 120.0) -> int:
         status = run_trainer_from_path(plan.trainer_config)
     finally:
         _stop(procs)
+    if status != 0:  # the trainer has said where this run's report is; report.json is older
+        return status
     print(f"\nreport: {plan.run_dir / 'report.json'}")
     html = plan.run_dir / "report.html"
     if html.exists():

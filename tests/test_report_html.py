@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import html
 import importlib.util
 import io
 import re
@@ -22,6 +23,8 @@ from PIL import Image
 
 from mycroft.cli import main as cli_main
 from trainer_node.html_report import render_html, render_report_file, write_html
+from trainer_node.report import validate_report
+from trainer_node.verdict import compute_verdict, primary_results
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA_URI = re.compile(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"')
@@ -188,3 +191,77 @@ def test_screenshot_script(real_report_path: Path, tmp_path: Path) -> None:
 def test_trainer_run_writes_the_page_next_to_its_json(real_report_path: Path) -> None:
     page = real_report_path.with_name("report.html").read_text(encoding="utf-8")
     assert len(DATA_URI.findall(page)) == 5 and 'id="ranking-table"' in page
+
+
+def _decision_report(real_report: dict[str, Any]) -> tuple[dict[str, Any], str, float]:
+    """The real run with gains set so that `rich` and `mixed` tie and `useless` gains nothing,
+    and with `rich`'s rows wiping out the class the baseline got most right. Returns the
+    report, that class and its baseline accuracy."""
+    r = copy.deepcopy(real_report)
+    r.pop("verdict", None)  # stale after the edits below; the page recomputes it
+    gains = {"rich": (0.30, [0.12, 0.48]), "mixed": (0.22, [0.06, 0.38]), "useless": (0.0, [0, 0])}
+    entries = {e["owner"]: e for e in r["ranking"]}
+    owners = {o["name"]: o for o in r["owners"]}
+    r["ranking"] = []
+    for rank, (name, (mean, ci)) in enumerate(gains.items(), start=1):
+        entries[name].update(rank=rank, dhard_gain_mean=mean, ci95=ci)
+        owners[name]["rank"] = rank
+        r["ranking"].append(entries[name])
+    base = r["baseline"]["per_class_accuracy"]
+    best = max(range(len(base)), key=lambda c: base[c] or 0.0)
+    for result in primary_results(owners["rich"], r):
+        result["per_class_accuracy"][best] = 0.0
+    validate_report({**r, "verdict": compute_verdict(r)})
+    return r, r["class_names"][best], base[best]
+
+
+# Where the verdict box lies on the page and what it says, as Chromium laid it out.
+VERDICT_PROBE = """<script>
+const box = document.getElementById('verdict'), table = document.getElementById('ranking-table');
+const b = box.getBoundingClientRect(), t = table.getBoundingClientRect();
+const shown = getComputedStyle(box).visibility === 'visible' && b.height > 0;
+document.body.setAttribute('data-verdict-box', [b.top, b.bottom, t.top, shown].join(','));
+document.body.setAttribute('data-verdict-text', box.innerText);
+</script>"""
+
+
+@needs_chromium
+def test_verdict_is_on_the_first_screen_and_names_whom_to_pay(
+    real_report: dict[str, Any], tmp_path: Path
+) -> None:
+    r, collapsed, before = _decision_report(real_report)
+    page = render_html(r)
+    probe = tmp_path / "verdict.html"
+    probe.write_text(page.replace("</body>", VERDICT_PROBE + "</body>", 1), encoding="utf-8")
+    dom = shot.dump_dom(CHROMIUM, probe, width=1200)
+    box = re.search(r'data-verdict-box="([^"]*)"', dom)
+    text = re.search(r'data-verdict-text="([^"]*)"', dom)
+    assert box and text, "the probe did not run"
+    top, bottom, table_top, shown = box.group(1).split(",")
+    assert shown == "true"
+    assert float(bottom) <= 900, f"verdict ends at {bottom}px, below the first screen"
+    assert float(top) < float(table_top)  # before the ranking, the first thing after the title
+    words = " ".join(html.unescape(text.group(1)).split())
+    assert "rich and mixed are tied (their 95% intervals overlap); either is worth paying." in words
+    assert "rich has the highest mean gain: +30.0 pp" in words
+    assert f"rich's rows took the trainer's {collapsed} from {100 * before:.0f}% to 0%" in words
+    assert "Not worth paying: useless (+0.0 pp): holds none of the D_hard classes." in words
+
+
+def test_ranking_shows_reasons_gain_per_row_and_price_and_the_box_warnings(
+    real_report: dict[str, Any],
+) -> None:
+    r, _, _ = _decision_report(real_report)
+    r["warnings"] = ["only <12> D_hard-eval rows & an undertrained baseline"]
+    next(o for o in r["owners"] if o["name"] == "rich")["price"] = 2.5
+    page = render_html(r)
+    box = page[page.index('id="verdict"') : page.index('id="ranking"')]
+    assert "Warning: only &lt;12&gt; D_hard-eval rows &amp; an undertrained baseline" in box
+    table = page[
+        page.index('id="ranking-table"') : page.index("</table>", page.index("ranking-table"))
+    ]
+    assert "gain per row, pp" in table and "price / row" in table
+    assert '<td class="why">holds none of the D_hard classes</td>' in table  # useless's reason
+    assert '<td class="num">2.5</td>' in table
+    del r["warnings"]  # absent in older reports: no warnings item, no error
+    assert 'class="warnings"' not in render_html(r)

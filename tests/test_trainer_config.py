@@ -58,10 +58,9 @@ def test_seed_count_and_rank_by(tmp_path):
 
 
 def test_example_config_loads(monkeypatch):
-    monkeypatch.setenv("MYCROFT_TOKEN_OWNER1", "x" * 20)
-    monkeypatch.setenv("MYCROFT_TOKEN_OWNER2", "y" * 20)
+    monkeypatch.setenv("MYCROFT_TOKEN_OWNER_A", "x" * 20)
     cfg = load_config(EXAMPLE)
-    assert [o.name for o in cfg.owners] == ["owner-1", "owner-2"]
+    assert [o.name for o in cfg.owners] == ["owner-a"] and cfg.id == "trainer-1"
     assert cfg.selection.mode == "embedded"
 
 

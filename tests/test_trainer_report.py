@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import jsonschema
 import numpy as np
@@ -189,6 +190,18 @@ def test_report_dict_validates_and_round_trips(tmp_path):
     assert load_report(path) == json.loads(json.dumps(obj))
     text = format_summary(obj)
     assert "w" in text and "failed" in text
+
+
+def test_price_and_verdict_reach_the_report_and_the_summary():
+    outcomes, results = _constructed()
+    outcomes[0].endpoint = replace(outcomes[0].endpoint, price=2.5)
+    assert [o.price for o in owner_reports(outcomes, results, CLASSES)] == [2.5, None, None, None]
+    obj = build_report().to_dict()
+    validate_report(obj)  # the stored verdict fits the schema
+    assert (obj["verdict"]["decision"], obj["verdict"]["pay"]) == ("pay", ["w"])
+    first = format_summary(obj).splitlines()[0]
+    assert first.startswith("Verdict: Pay w: +35.0 pp on D_hard-eval")  # the decision comes first
+    assert "Not worth paying: z: failed (UNAVAILABLE)" in format_summary(obj)
 
 
 @pytest.mark.parametrize(

@@ -39,7 +39,7 @@ _UNREACHABLE = frozenset({"UNAVAILABLE", "DEADLINE_EXCEEDED"})
 class ProgressEvent:
     """A step of the run, for progress bars. Acquisition events arrive from worker threads."""
 
-    stage: str  # "baseline" | "dhard" | "acquire" | "evaluate" | "report"
+    stage: str  # "preflight" | "baseline" | "dhard" | "acquire" | "evaluate" | "report"
     message: str
     owner: str | None = None
     done: int | None = None

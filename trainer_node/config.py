@@ -16,6 +16,7 @@ from typing import Any
 from mycroft.errors import ConfigError
 from mycroft.files import read_toml
 from trainer_node._toml import Section
+from trainer_node.selection_names import check_methods, check_rank_method, parse_params
 
 SELECTION_MODES = ("embedded", "raw")
 TRAINING_MODES = ("finetune", "retrain", "both")
@@ -111,6 +112,7 @@ class OwnerEndpoint:
     token: str | None = field(default=None, repr=False)  # never printed in logs or reprs
     tls: TlsSettings | None = None
     deadline_seconds: float = 60.0
+    price: float | None = None  # asking price per row revealed (report only); None: not given
 
 
 @dataclass(frozen=True)
@@ -241,6 +243,7 @@ def _parse_dhard(s: Section) -> DHardSettings:
 
 def _parse_selection(s: Section) -> SelectionSettings:
     methods = s.str_list("methods", ("feature", "random"))
+    check_methods(methods)
     raw_budgets = s.get("budgets", list, [16])
     if not raw_budgets or not all(type(b) is int and b >= 1 for b in raw_budgets):
         raise ConfigError("selection.budgets: must be a non-empty list of integers >= 1")
@@ -248,23 +251,12 @@ def _parse_selection(s: Section) -> SelectionSettings:
         raise ConfigError("selection.budgets: contains duplicates")
     if all(m == FULL_METHOD for m in methods):
         raise ConfigError("selection.methods: needs a method besides 'full' to rank owners")
-    params_table = s.get("params", dict, {})
-    params: dict[str, dict[str, float]] = {}
-    for method, table in params_table.items():
-        if method not in methods:
-            raise ConfigError(f"selection.params.{method}: not a method in selection.methods")
-        if not isinstance(table, dict):
-            raise ConfigError(f"selection.params.{method}: must be a table")
-        for key, value in table.items():
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                raise ConfigError(f"selection.params.{method}.{key}: must be a number")
-        params[method] = {k: float(v) for k, v in table.items()}
+    params = parse_params(s.get("params", dict, {}), methods)
     rank_by = None
     raw_rank = s.get("rank_by", dict)
     if raw_rank is not None:
         method, budget = raw_rank.get("method"), raw_rank.get("budget")
-        if method not in methods or method == FULL_METHOD:
-            raise ConfigError(f"selection.rank_by.method: {method!r} is not a ranked method")
+        check_rank_method(method, methods, FULL_METHOD)
         if budget not in raw_budgets:
             raise ConfigError(f"selection.rank_by.budget: {budget!r} is not in selection.budgets")
         if set(raw_rank) - {"method", "budget"}:
@@ -321,8 +313,11 @@ def _parse_owner(s: Section) -> OwnerEndpoint:
             if p is not None and not p.is_file():
                 raise ConfigError(f"{s.name}.tls.{key}: file not found: {p}")
     deadline = s.number("deadline_seconds", 60.0, 0.1, 86400.0)
+    price = s.get("price", float)
+    if price is not None and not 0 <= price < float("inf"):  # also rejects NaN
+        raise ConfigError(f"{s.name}.price: must be a number >= 0, got {price}")
     s.done()
-    return OwnerEndpoint(name, address, token, tls, deadline)
+    return OwnerEndpoint(name, address, token, tls, deadline, price)
 
 
 def _parse_client(s: Section) -> ClientSettings:

@@ -8,18 +8,19 @@ network and must not become markup.
 
 from __future__ import annotations
 
-import html
 import json
 import logging
 import os
-from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
 from mycroft.errors import DataError
 from mycroft.files import write_atomic
 from trainer_node import plots
+from trainer_node.html_common import esc, figure, pct, signed_cell, table
+from trainer_node.html_verdict import VERDICT_CSS, verdict_box
 from trainer_node.report import SCHEMA_VERSION, validate_report
+from trainer_node.verdict import compute_verdict, primary_request, revealed_rows
 
 log = logging.getLogger("mycroft.report")
 
@@ -47,41 +48,10 @@ tr.failed td { color: #8a1c1c; }
 figure { margin: .6em 0 1.2em; } figure img { max-width: 100%; height: auto; }
 figcaption { color: #52606d; font-size: 12.5px; max-width: 900px; }
 .note { color: #52606d; font-size: 12.5px; }
+h2 .setting { color: #52606d; font-weight: 400; font-size: .8em; margin-left: .5em; }
+td.why { color: #52606d; max-width: 260px; }
+#budget-table th { white-space: normal; }
 """
-
-
-def esc(value: Any) -> str:
-    return html.escape(str(value), quote=True)
-
-
-def pct(x: float | None, signed: bool = False) -> str:
-    if x is None:
-        return "–"
-    return f"{100 * x:+.1f}" if signed else f"{100 * x:.1f}"
-
-
-def _signed_cell(x: float | None, extra: str = "") -> str:
-    cls = "" if x is None or abs(x) < 5e-4 else ("pos" if x > 0 else "neg")
-    return f'<td class="num {cls}">{pct(x, True)}{extra}</td>'
-
-
-def _table(
-    head: list[str], rows: list[str], num_cols: Collection[int] = (), table_id: str | None = None
-) -> str:
-    """`head` is trusted markup (our own column names); `rows` are already-escaped <tr>s."""
-    ths = "".join(
-        f'<th class="num">{h}</th>' if i in num_cols else f"<th>{h}</th>"
-        for i, h in enumerate(head)
-    )
-    tid = f' id="{table_id}"' if table_id else ""
-    return f"<table{tid}><thead><tr>{ths}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
-
-
-def _figure(uri: str | None, alt: str, caption: str, empty: str = "") -> str:
-    """An embedded chart; `empty` (a note, or nothing) when there was nothing to draw."""
-    if uri is None:
-        return f'<p class="note">{esc(empty)}</p>' if empty else ""
-    return f'<figure><img src="{uri}" alt="{esc(alt)}"><figcaption>{caption}</figcaption></figure>'
 
 
 def _header(r: dict[str, Any]) -> str:
@@ -131,36 +101,43 @@ def _header(r: dict[str, Any]) -> str:
         ("wall time", f"{r['timings']['total_seconds']:.1f} s"),
     ]
     kv = "".join(f"<div><b>{esc(k)}:</b> {esc(v)}</div>" for k, v in items)
+    return f'<h2 id="run">Run</h2><div class="kv">{kv}</div>'
+
+
+def _title(r: dict[str, Any]) -> str:
     return (
         f"<h1>Mycroft run {esc(r['run_id'])}</h1>"
         '<p class="sub">Owners ranked by how much their budgeted rows fix the trainer\'s '
         "failures (utility gain on the held-out part of D_hard).</p>"
-        f'<div class="kv">{kv}</div>'
     )
 
 
-def _request_for(owner: dict[str, Any], method: str, budget: int) -> dict[str, Any] | None:
-    return next(
-        (q for q in owner["requests"] if (q["method"], q["budget"]) == (method, budget)), None
-    )
-
-
-def _ranking(r: dict[str, Any]) -> str:
+def _ranking(r: dict[str, Any], verdict: dict[str, Any]) -> str:
+    method, budget, mode = plots.primary(r)
     owners = {o["name"]: o for o in r["owners"]}
+    judged = {o["name"]: o for o in verdict["owners"]}
+    priced = any(o["price"] is not None for o in verdict["owners"])
     rows = []
     for e in r["ranking"]:
         ci = e["ci95"]
         ci_text = f" [{pct(ci[0], True)}, {pct(ci[1], True)}]" if ci else ""
-        q = _request_for(owners[e["owner"]], e["method"], e["budget"])
+        q = primary_request(owners[e["owner"]], r)
         got = f"{q['rows_received']} / {q['rows_requested']}" if q else "–"
+        j = judged[e["owner"]]
+        price = "–" if j["price"] is None else f"{j['price']:g}"
         rows.append(
             f'<tr class="ranked" data-rank="{e["rank"]}"><td class="num">{e["rank"]}</td>'
             f'<td class="owner">{esc(e["owner"])}</td>'
-            f"<td>{esc(e['method'])} @ {e['budget']} ({esc(e['training_mode'])})</td>"
-            + _signed_cell(e["dhard_gain_mean"], esc(ci_text))
-            + _signed_cell(e["test_gain_mean"])
-            + f'<td class="num">{got}</td><td class="num">{e["n"]}</td></tr>'
+            + signed_cell(e["dhard_gain_mean"], esc(ci_text))
+            + signed_cell(e["test_gain_mean"])
+            + f'<td class="num">{got}</td>'
+            + signed_cell(j["gain_per_row"], digits=2)
+            + (f'<td class="num">{price}</td>' if priced else "")
+            + f'<td class="num">{e["n"]}</td><td class="why">{esc(j["reason"] or "")}</td></tr>'
         )
+    head = ["rank", "owner", "D_hard gain, pp [95% CI]", "test change, pp"]
+    head += ["rows received / asked", "gain per row, pp"] + (["price / row"] if priced else [])
+    head += ["seeds", "note"]
     for o in r["owners"]:
         if o["status"] != "ok":
             note = f"failed ({o['error_code'] or 'error'})"
@@ -170,26 +147,19 @@ def _ranking(r: dict[str, Any]) -> str:
             continue
         rows.append(
             f'<tr class="failed"><td class="num">–</td><td class="owner">{esc(o["name"])}'
-            f'</td><td colspan="5">{esc(note)}</td></tr>'
+            f'</td><td colspan="{len(head) - 2}">{esc(note)}</td></tr>'
         )
-    head = [
-        "rank",
-        "owner",
-        "setting",
-        "D_hard gain, pp [95% CI]",
-        "test change, pp",
-        "rows received / asked",
-        "seeds",
-    ]
     b = r["baseline"]
     return (
-        '<h2 id="ranking">Ranking</h2>'
-        + _table(head, rows, {0, 3, 4, 5, 6}, table_id="ranking-table")
+        f'<h2 id="ranking">Ranking <span class="setting">{esc(method)} @ {budget}, '
+        f"{esc(mode)}</span></h2>"
+        + table(head, rows, set(range(len(head) - 1)) - {1}, table_id="ranking-table")
         + '<p class="note">Gains are percentage points over a <b>control</b>: the same training '
         "schedule and seed with the owner's rows replaced by as many of the trainer's own rows "
         "(D_hard is the baseline's own mistakes, so any further training fixes some of them). "
         f"Baseline before training: D_hard-eval {pct(b['dhard_eval_accuracy'])}%, test "
-        f"{pct(b['test_accuracy'])}%. Mean over seeds; the 95% CI is over seeds.</p>"
+        f"{pct(b['test_accuracy'])}%. Mean over seeds; the 95% CI is over seeds. Gain per row: "
+        "the D_hard gain divided by the rows received.</p>"
     )
 
 
@@ -203,7 +173,7 @@ def _budget_table(r: dict[str, Any]) -> str:
             f"{len(ok)} / {len(o['requests'])}",
             sum(q["rows_requested"] for q in o["requests"]),
             sum(q["rows_received"] for q in ok),
-            sum(q["new_rows_charged"] for q in ok),
+            *revealed_rows(o),
         ]
         short = sorted({c for q in o["requests"] for c in q["missing_classes"]})
         rows.append(
@@ -219,10 +189,11 @@ def _budget_table(r: dict[str, Any]) -> str:
         "requests ok",
         "rows asked",
         "rows received",
-        "newly charged",
+        "revealed, budgeted",
+        "revealed, full run",
         "D_hard classes missing",
     ]
-    return _table(head, rows, set(range(1, 8)))
+    return table(head, rows, set(range(1, 9)), table_id="budget-table")
 
 
 def _failures(r: dict[str, Any]) -> str:
@@ -239,7 +210,7 @@ def _failures(r: dict[str, Any]) -> str:
     head = ["owner", "address", "what failed", "code", "message"]
     return (
         '<h2 id="failures">Failures</h2>'
-        + _table(head, rows, table_id="failures-table")
+        + table(head, rows, table_id="failures-table")
         + '<p class="note">Failed owners are left out of the ranking; the run went on '
         "without them.</p>"
     )
@@ -270,23 +241,26 @@ def _agreement(r: dict[str, Any]) -> str:
         '<h2 id="agreement">Agreement with full information</h2>'
         f'<p class="note">Full-information ranking ({esc(fi["training_mode"])}, every row of '
         f"each owner; evaluation only): {order or '–'}. n/a: undefined when all gains tie.</p>"
-        + _table(["budgeted setting", "mode", "owners", "Spearman ρ", "Kendall τ"], rows, {2, 3, 4})
+        + table(["budgeted setting", "mode", "owners", "Spearman ρ", "Kendall τ"], rows, {2, 3, 4})
     )
 
 
 def render_html(report: dict[str, Any]) -> str:
     """The whole page for a (schema-valid) report dict."""
     r = report
+    verdict = compute_verdict(r)  # recomputed: older reports have none stored
     method, budget, mode = plots.primary(r)
     best = r["ranking"][0]["owner"] if r["ranking"] else None
     after = plots.routing_after(r)
     mri = f"{r['baseline']['routing']['max_routing_imbalance']:.2f}"
     mri_after = f" → {after[2]:.2f} with {esc(after[0])}'s rows" if after else ""
     parts = [
+        _title(r),
+        verdict_box(verdict),
+        _ranking(r, verdict),
         _header(r),
-        _ranking(r),
         '<h2 id="gains">Utility gain per owner</h2>',
-        _figure(
+        figure(
             plots.gain_chart(r),
             "utility gain per owner",
             f"{esc(method)} @ {budget}, {esc(mode)}: bars are means over "
@@ -294,31 +268,33 @@ def render_html(report: dict[str, Any]) -> str:
             "± one std (test set).",
             empty="No owner could be ranked, so there is no gain to plot.",
         ),
-        _figure(
+        figure(
             plots.budget_chart(r),
             "D_hard accuracy against budget",
             "D_hard-eval accuracy after training with each budgeted subset; dashed: the "
             "owner's full data, dotted: the baseline.",
         ),
         '<h2 id="per-class">Per-class accuracy</h2>' if best else "",
-        _figure(
+        figure(
             plots.per_class_chart(r),
             "per-class accuracy",
             f"Test-set accuracy per class, baseline vs with the top owner "
             f"({esc(best)})'s rows at {esc(method)} @ {budget}.",
         ),
         '<h2 id="routing">Routing balance</h2>',
-        _figure(
+        figure(
             plots.routing_chart(r),
             "routing balance",
             f"Maximum Routing Imbalance {mri}{mri_after}; 1.00 is perfectly balanced.",
         ),
         '<h2 id="budget">Rows revealed per owner</h2>',
-        _figure(
+        figure(
             plots.budget_use_chart(r),
             "rows revealed against budget",
-            "Each owner's ledger for this trainer after the run: rows revealed (used) "
-            "against its cap. Replayed requests are not charged again.",
+            "Rows each owner revealed to this trainer's budgeted requests, against its cap. "
+            "The evaluation-only <i>full</i> run (every row of an owner, to measure the "
+            "full-information ceiling) is counted apart: it is not part of any purchase. "
+            "Replayed requests are not charged again.",
         ),
         _budget_table(r),
         _failures(r),
@@ -327,7 +303,7 @@ def render_html(report: dict[str, Any]) -> str:
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f"<title>Mycroft report {esc(r['run_id'])}</title><style>{CSS}</style></head>"
+        f"<title>Mycroft report {esc(r['run_id'])}</title><style>{CSS}{VERDICT_CSS}</style></head>"
         f"<body>{''.join(parts)}</body></html>\n"
     )
 

@@ -1,9 +1,9 @@
 """One trainer run, end to end.
 
-load data -> baseline MoE -> D_hard (shared / eval) -> model bytes -> all owners concurrently ->
-train on own data + each subset per seed and mode -> utility, ranking -> report.json (atomic) and
-a printed summary. `run_trainer(config)` is the library entry point, `run_trainer_from_path` the
-CLI's.
+pre-flight Describe of every owner -> load data -> baseline MoE -> D_hard (shared / eval) -> model
+bytes -> the owners that answered, concurrently -> train on own data + each subset per seed and
+mode -> utility, ranking, warnings -> report.json (atomic, run_files) and a printed summary.
+`run_trainer(config)` is the library entry point, `run_trainer_from_path` the CLI's.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import secrets
+import sys
 import time
 from pathlib import Path
 
@@ -25,7 +26,7 @@ from trainer_node.baseline import (
 )
 from trainer_node.config import FULL_METHOD, TrainerConfig, load_config
 from trainer_node.evaluate import evaluate_owners, per_class_list, routing_of
-from trainer_node.html_report import HTML_NAME, write_html
+from trainer_node.preflight import OwnerCheck, check_owners, require_usable, warning_lines
 from trainer_node.report import (
     Baseline as BaselineReport,
 )
@@ -38,13 +39,14 @@ from trainer_node.report import (
     Settings,
     Timings,
     print_summary,
-    write_report,
 )
 from trainer_node.results import full_information, owner_reports, rank_all, setting_key
+from trainer_node.run_files import REPORT_NAME, write_run_reports
+from trainer_node.run_warnings import run_warnings, train_accuracy
 
 log = logging.getLogger("mycroft.trainer")
 
-REPORT_NAME = "report.json"
+__all__ = ["REPORT_NAME", "new_run_id", "run_trainer", "run_trainer_from_path"]
 
 
 def new_run_id(trainer_id: str) -> str:
@@ -56,6 +58,25 @@ def _emit(progress: ProgressFn | None, stage: str, message: str) -> None:
     log.info("%s: %s", stage, message)
     if progress is not None:
         progress(ProgressEvent(stage, message))
+
+
+def _warn(message: str, echo: bool) -> None:
+    """Printed at once on the CLI (stderr; rich keeps it above the progress bars), logged for
+    library callers."""
+    if echo:
+        print(f"mycroft: warning: {message}", file=sys.stderr)
+    else:
+        log.warning("%s", message)
+
+
+def _preflight(config: TrainerConfig, progress: ProgressFn | None, echo: bool) -> list[OwnerCheck]:
+    """Describe every owner before anything slow; stop at once if none can take part."""
+    _emit(progress, "preflight", f"checking {len(config.owners)} owners")
+    checks = check_owners(config.owners, config.client)
+    for line in warning_lines(checks, config.selection.methods):
+        _warn(line, echo)
+    require_usable(checks)
+    return checks
 
 
 def _dhard_summary(base: Baseline, class_names: tuple[str, ...]) -> DHardSummary:
@@ -108,17 +129,22 @@ def run_trainer(
     run_id: str | None = None,
     print_table: bool = False,
 ) -> Report:
-    """Run the whole trainer side and write `<run_dir>/report.json`. Owners that fail are in the
-    report with their error; the run itself fails only if the trainer's own side cannot go on."""
+    """Run the whole trainer side; write `<run_dir>/<run_id>/report.json` and, if an owner was
+    ranked, `<run_dir>/report.json` (run_files). Owners that fail are in the report with their
+    error; the run fails only if no owner passes pre-flight or the trainer's own side cannot go
+    on."""
     t0 = time.perf_counter()
     run_id = run_id or config.run_id or new_run_id(config.id)
     created_at = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     log.info("run %s: trainer %s, %d owners", run_id, config.id, len(config.owners))
+    checks = _preflight(config, progress, echo=print_table)
+    usable = [c.endpoint for c in checks if c.usable]
 
+    t_base_start = time.perf_counter()  # pre-flight counts in the total, not the baseline
     _emit(progress, "baseline", "loading data")
     data: TrainerData = load_trainer_data(config.data)
     _emit(progress, "baseline", f"training the baseline on {len(data.train)} rows")
-    base = train_baseline(config, data)
+    base = train_baseline(config, data, progress)
     names = data.class_names
     _emit(
         progress,
@@ -128,7 +154,7 @@ def run_trainer(
     )
     model_bytes = model_to_bytes(base.scoring_model)
     sha = model_sha256(model_bytes)
-    t_base = time.perf_counter() - t0
+    t_base = time.perf_counter() - t_base_start
 
     ctx = AcquireContext(
         run_id=run_id,
@@ -139,9 +165,11 @@ def run_trainer(
         input_shape=data.train.input_shape,
         selection=config.selection,
     )
-    _emit(progress, "acquire", f"querying {len(config.owners)} owners (model {sha[:12]})")
+    _emit(progress, "acquire", f"querying {len(usable)} owners (model {sha[:12]})")
     t1 = time.perf_counter()
-    outcomes = acquire_all(config.owners, config.client, ctx, progress)
+    acquired = iter(acquire_all(usable, config.client, ctx, progress))
+    # Owners left out at pre-flight keep their error, in config order, and are not asked again.
+    outcomes = [next(acquired) if c.usable else c.failed_outcome() for c in checks]
     t_acq = time.perf_counter() - t1
 
     t2 = time.perf_counter()
@@ -156,6 +184,12 @@ def run_trainer(
         full_information(owners, primary_mode) if FULL_METHOD in config.selection.methods else None
     )
     mcfg = base.config
+    warnings = run_warnings(
+        len(base.dhard.eval), train_accuracy(base.model, data.train), config.training.epochs
+    )
+    if not print_table:  # the CLI prints them with the summary
+        for line in warnings:
+            log.warning("%s", line)
     report = Report(
         run_id=run_id,
         created_at=created_at,
@@ -197,13 +231,17 @@ def run_trainer(
             acquire_seconds=t_acq,
             evaluate_seconds=t_eval,
         ),
+        warnings=warnings,
     )
-    path = write_report(report, Path(config.run_dir) / REPORT_NAME)
-    _emit(progress, "report", f"wrote {path}")
-    html = write_html(report.to_dict(), path.with_name(HTML_NAME))  # the page, next to the JSON
-    _emit(progress, "report", f"wrote {html}")
+    obj = report.to_dict()
+    files = write_run_reports(obj, Path(config.run_dir), run_id)
+    _emit(progress, "report", f"wrote {files.run_json} and {files.run_html.name}")
+    if files.latest_updated:
+        _emit(progress, "report", f"updated {files.latest_json} and {files.latest_html.name}")
+    else:
+        _warn(files.kept_note(), print_table)
     if print_table:
-        print_summary(report.to_dict())
+        print_summary(obj)
     return report
 
 

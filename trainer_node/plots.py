@@ -18,7 +18,9 @@ matplotlib.use("Agg")  # no display on servers and CI; must precede pyplot
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-FULL_METHOD = "full"  # evaluation-only method: its "budget" is the owner's row count
+from trainer_node.config import FULL_METHOD  # noqa: E402
+from trainer_node.verdict import primary, primary_results, revealed_rows  # noqa: E402
+
 MAX_PANELS = 6  # budget small multiples: the top owners only, so the figure stays readable
 BEFORE, AFTER = "#9aa5b1", "#2f6db5"
 METHOD_COLORS = ["#2f6db5", "#d9822b", "#3d9970", "#b03a48", "#7d5ba6", "#8c6d31"]
@@ -43,21 +45,6 @@ def _pp(x: float | None) -> float:
 def _mean(values: list[float | None]) -> float | None:
     vals = [v for v in values if v is not None]
     return sum(vals) / len(vals) if vals else None
-
-
-def primary(report: dict[str, Any]) -> tuple[str, int, str]:
-    r = report["settings"]["rank_by"]
-    return r["method"], r["budget"], r["training_mode"]
-
-
-def primary_results(owner: dict[str, Any], report: dict[str, Any]) -> list[dict[str, Any]]:
-    """The owner's per-seed results under the ranking's (method, budget, training mode)."""
-    method, budget, mode = primary(report)
-    return [
-        r
-        for r in owner["results"]
-        if r["method"] == method and r["budget"] == budget and r["training_mode"] == mode
-    ]
 
 
 def gain_chart(report: dict[str, Any]) -> str | None:
@@ -307,22 +294,26 @@ def routing_chart(report: dict[str, Any]) -> str | None:
 
 
 def budget_use_chart(report: dict[str, Any]) -> str | None:
-    """Rows each owner has revealed to this trainer against its cap (after the run)."""
+    """Rows each owner revealed to budgeted requests against its cap (after the run). The
+    evaluation-only full run is left out of the bars and named beside them: drawn in, it would
+    fill every bar and suggest each owner gave everything away."""
     owners = [o for o in report["owners"] if o["budget"] is not None]
     if not owners:
         return None
-    fig, ax = plt.subplots(figsize=(6.5, 0.5 * len(owners) + 1.3))
+    fig, ax = plt.subplots(figsize=(7.5, 0.5 * len(owners) + 1.3))
     y = list(range(len(owners)))[::-1]
     caps = [o["budget"]["cap"] for o in owners]
-    used = [o["budget"]["used"] for o in owners]
+    revealed = [revealed_rows(o) for o in owners]
+    budgeted = [b for b, _ in revealed]
     ax.barh(y, caps, color="#e4e7eb", edgecolor=BEFORE, label="cap")
-    ax.barh(y, used, height=0.5, color=AFTER, label="revealed (used)")
-    for yi, u, c in zip(y, used, caps, strict=True):
-        ax.text(max(u, 0) + 0.01 * max(caps + [1]), yi, f"{u} / {c}", va="center", fontsize=8)
-    ax.set_xlim(0, 1.18 * max(caps + used + [1]))  # room for the "used / cap" labels
+    ax.barh(y, budgeted, height=0.5, color=AFTER, label="revealed to budgeted requests")
+    for yi, (b, full), c in zip(y, revealed, caps, strict=True):
+        text = f"{b} / {c}" + (f"  (+{full} to the evaluation-only full run)" if full else "")
+        ax.text(b + 0.01 * max(caps + [1]), yi, text, va="center", fontsize=8)
+    ax.set_xlim(0, 1.18 * max(caps + budgeted + [1]))  # room for the "revealed / cap" labels
     ax.set_yticks(y, [label(o["name"]) for o in owners])
     ax.set_xlabel("rows")
-    ax.set_title("Rows revealed per owner against its budget")
+    ax.set_title("Rows revealed to budgeted requests, per owner, against its budget")
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     ax.grid(axis="x", alpha=0.3)
     return to_data_uri(fig)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from mycroft.files import write_atomic
+from trainer_node.verdict import compute_verdict, verdict_lines, zero_gain_reason
 
 SCHEMA_VERSION = "1.0"
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "mycroft" / "schemas" / "report.v1.json"
@@ -198,6 +199,7 @@ class OwnerReport:
     results: list[SeedResult] = field(default_factory=list)
     utility: list[Utility] = field(default_factory=list)
     rank: int | None = None  # rank under the primary (method, budget, mode)
+    price: float | None = None  # per row revealed, from the trainer config; None: not given
 
 
 @dataclass
@@ -256,9 +258,11 @@ class Report:
     full_information: FullInformation | None
     timings: Timings
     schema_version: str = SCHEMA_VERSION
+    warnings: list[str] = field(default_factory=list)  # why the ranking may not be trusted
 
     def to_dict(self) -> dict[str, Any]:
         d = _jsonable(asdict(self))
+        d["verdict"] = compute_verdict(d)  # derived from the data above, so re-rendering agrees
         # schema_version first: a reader can check it before anything else
         return {"schema_version": d.pop("schema_version"), **d}
 
@@ -338,6 +342,7 @@ def summary_rows(obj: dict[str, Any]) -> list[list[str]]:
                 _pct(r["dhard_gain_mean"], True) + ci_text,
                 _pct(r["test_gain_mean"], True),
                 str(rows_recv),
+                zero_gain_reason(by_owner[r["owner"]], obj) or "",
             ]
         )
     for o in obj["owners"]:
@@ -367,10 +372,14 @@ def failure_lines(obj: dict[str, Any]) -> list[str]:
     return [f"{o['name']}: {o['error']}" for o in obj["owners"] if o["status"] != "ok"]
 
 
+def warning_lines(obj: dict[str, Any]) -> list[str]:
+    return [f"warning: {w}" for w in obj.get("warnings", [])]  # absent in older reports
+
+
 def format_summary(obj: dict[str, Any]) -> str:
     """A plain-text summary (for logs and non-terminals)."""
     b = obj["baseline"]
-    lines = [
+    lines = verdict_lines(obj) + [
         f"run {obj['run_id']}  trainer {obj['trainer_id']}  data {obj['data']['name']}",
         f"baseline: test {_pct(b['test_accuracy'])}%  D_hard-eval "
         f"{_pct(b['dhard_eval_accuracy'])}%  (D_hard shared {obj['dhard']['shared_total']}, "
@@ -378,7 +387,7 @@ def format_summary(obj: dict[str, Any]) -> str:
         "rank  owner  setting  D_hard gain (pp) [95% CI]  test change (pp)  rows",
     ]
     lines += ["  ".join(r) for r in summary_rows(obj)]
-    return "\n".join(lines + agreement_lines(obj) + failure_lines(obj))
+    return "\n".join(lines + agreement_lines(obj) + failure_lines(obj) + warning_lines(obj))
 
 
 def print_summary(obj: dict[str, Any]) -> None:
@@ -402,6 +411,8 @@ def print_summary(obj: dict[str, Any]) -> None:
     table.add_column("note")
     for row in summary_rows(obj):
         table.add_row(*(row + [""] * (7 - len(row))))
+    for line in verdict_lines(obj):  # the decision first, then the evidence
+        console.print(line, markup=False, highlight=False)
     console.print(table)
-    for line in agreement_lines(obj) + failure_lines(obj):
+    for line in agreement_lines(obj) + failure_lines(obj) + warning_lines(obj):
         console.print(line, markup=False, highlight=False)

@@ -125,6 +125,7 @@ def owner_reports(
                 requests=[_request_record(r, class_names) for r in o.requests],
                 results=own,
                 utility=utilities(own) if o.ok else [],
+                price=o.endpoint.price,
             )
         )
     return reports
