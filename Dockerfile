@@ -28,10 +28,16 @@ COPY trainer_node ./trainer_node
 COPY scripts ./scripts
 RUN pip install .
 
-# Non-root: the owner guards private data; its state (ledger, model cache) lives in /state.
+# Non-root: the owner guards private data. Its state (ledger, uploaded models, cached
+# embeddings) belongs in the /state volume: set `state_dir = "/state"` in the owner's config.
+# A named volume starts out owned by the image's user (uid 10001); to keep the state in a
+# folder of yours instead, bind-mount it and run as yourself: --user "$(id -u):$(id -g)".
 RUN useradd --create-home --uid 10001 mycroft \
     && mkdir -p /state /shared \
     && chown mycroft:mycroft /state /shared
+# Any uid may run the image, so nothing may need a writable home: matplotlib (the trainer's
+# report charts) keeps its cache in /tmp.
+ENV MPLCONFIGDIR=/tmp/matplotlib
 USER mycroft
 VOLUME ["/state"]
 EXPOSE 50051

@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: venv test test-all lint format proto demo bench-moe bench-quality bench-speed bench-transfer bench-load bench clean
+.PHONY: venv test test-all lint format proto demo example example-owner example-trainer example-csv-owner example-csv-trainer bench-moe bench-quality bench-speed bench-transfer bench-load bench clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -36,6 +36,29 @@ format: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/mycroft simulate --scenario demo
+
+# The two-terminal walkthrough (README "Two terminals"). `make example` creates the throwaway
+# tokens under examples/.secrets/ once; the owner reads its token file, and the trainer is
+# handed the same value in the environment variable its config names. EXAMPLES points the
+# targets at a copy of the folder (the tests use one with free ports).
+EXAMPLES ?= examples
+
+example: $(STAMP)
+	PYTHON=$(BIN)/python bash scripts/example.sh $(EXAMPLES)
+
+example-owner: example
+	$(BIN)/mycroft owner serve --config $(EXAMPLES)/owner.toml
+
+example-trainer: example
+	MYCROFT_TOKEN_OWNER_A="$$(cat $(EXAMPLES)/.secrets/owner-a_trainer-1.token)" \
+		$(BIN)/mycroft trainer run --config $(EXAMPLES)/trainer.toml
+
+example-csv-owner: example
+	$(BIN)/mycroft owner serve --config $(EXAMPLES)/csv/owner.toml
+
+example-csv-trainer: example
+	MYCROFT_TOKEN_SITE_SOUTH="$$(cat $(EXAMPLES)/.secrets/site-south_trainer-1.token)" \
+		$(BIN)/mycroft trainer run --config $(EXAMPLES)/csv/trainer.toml
 
 bench-moe: $(STAMP)
 	$(BIN)/python bench/moe.py

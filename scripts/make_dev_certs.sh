@@ -5,6 +5,11 @@
 #
 #   scripts/make_dev_certs.sh [OUT_DIR] [OWNER_HOSTS...] [-- TRAINER_IDS...]
 #   scripts/make_dev_certs.sh certs owner-a owner-b owner-c owner-d -- trainer-1
+#
+# Writes ca.pem and <name>.pem (certificates, mode 0644) and ca.key and <name>.key (private keys,
+# mode 0600: readable by you alone). Running it again keeps the CA and re-issues the others.
+# Containers run as uid 10001 (the image's `mycroft` user): hand them the folder with
+# `sudo chown -R 10001:10001 certs`, or run them as yourself (`docker run --user "$(id -u)"`).
 set -euo pipefail
 
 out=${1:-certs}
@@ -20,6 +25,8 @@ done
 [ ${#trainers[@]} -gt 0 ] || trainers=(trainer-1)
 
 mkdir -p "$out"
+# Every file is created private, so no key is ever readable by others, not even for a moment;
+# the certificates are opened up once written.
 umask 077
 days=825
 
@@ -50,6 +57,6 @@ for trainer in "${trainers[@]}"; do
     printf 'extendedKeyUsage=clientAuth\n' >"$ext"
     sign "$trainer" "$ext"
 done
-# Containers run as a non-root user of another uid and mount these read-only; dev keys only.
-chmod 644 "$out"/*.pem "$out"/*.key
+chmod 644 "$out"/*.pem
+chmod 600 "$out"/*.key
 echo "wrote CA, ${#owners[@]} owner and ${#trainers[@]} trainer certificates to $out/"

@@ -21,9 +21,8 @@ TOKEN = "secret-token-0123456789"
 def _example(tmp_path, monkeypatch):
     path = tmp_path / "owner.toml"
     shutil.copy(EXAMPLE, path)
-    (tmp_path / "secrets").mkdir()
-    (tmp_path / "secrets" / "trainer-2.token").write_text(TOKEN + "2\n")
-    monkeypatch.setenv("MYCROFT_TRAINER1_TOKEN", TOKEN + "1")
+    (tmp_path / ".secrets").mkdir()
+    (tmp_path / ".secrets" / "owner-a_trainer-1.token").write_text(TOKEN + "\n")
     return path
 
 
@@ -32,10 +31,7 @@ def test_example_config_loads(tmp_path, monkeypatch):
     assert config.owner.name == "owner-a"
     assert config.owner.state_dir == tmp_path / "owner-a-state"
     assert config.data == {"source": "digits"} and config.split == "train"
-    assert [(t.id, t.token, t.cap) for t in config.trainers] == [
-        ("trainer-1", TOKEN + "1", 200),
-        ("trainer-2", TOKEN + "2", 256),
-    ]
+    assert [(t.id, t.token, t.cap) for t in config.trainers] == [("trainer-1", TOKEN, 200)]
     assert config.tls is None and not config.selection.allow_full
     assert config.limits.max_hard_rows == 4096
 
