@@ -184,13 +184,18 @@ class OwnerConfig:
         return next((t for t in self.trainers if t.id == trainer_id), None)
 
 
-def load_config(path: str | os.PathLike[str]) -> OwnerConfig:
+def load_config(path: str | os.PathLike[str], secrets: bool = True) -> OwnerConfig:
     raw = read_toml(path)
-    return parse_config(raw, base_dir=Path(path).resolve().parent)
+    return parse_config(raw, base_dir=Path(path).resolve().parent, secrets=secrets)
 
 
-def parse_config(raw: Mapping[str, Any], base_dir: Path | None = None) -> OwnerConfig:
-    """Validate a parsed TOML mapping. `base_dir` anchors relative paths (default: cwd)."""
+def parse_config(
+    raw: Mapping[str, Any], base_dir: Path | None = None, secrets: bool = True
+) -> OwnerConfig:
+    """Validate a parsed TOML mapping. `base_dir` anchors relative paths (default: cwd).
+
+    `secrets=False` leaves trainer tokens unread (None) and TLS files unchecked: reading the
+    ledger (`owner inspect`) must work where the trainers' secrets are not present."""
     base = base_dir or Path.cwd()
     _no_unknown(
         raw, "", {"owner", "data", "budget", "trainers", "tls", "limits", "selection", "models"}
@@ -204,8 +209,8 @@ def parse_config(raw: Mapping[str, Any], base_dir: Path | None = None) -> OwnerC
         raise ConfigError('data.source: required (e.g. "npz", "digits", "csv")')
     budget = _budget(_table(raw, "budget"))
     limits = _limits(_table(raw, "limits"))
-    tls = _tls(raw["tls"], base) if "tls" in raw else None
-    trainers = _trainers(raw.get("trainers", []), budget, base, tls)
+    tls = _tls(raw["tls"], base, secrets) if "tls" in raw else None
+    trainers = _trainers(raw.get("trainers", []), budget, base, tls, secrets)
     selection = _selection(_table(raw, "selection"))
     models = parse_admission(_table(raw, "models"))
     if budget.max_rows_per_request > limits.max_budget:
@@ -287,7 +292,7 @@ def _limits(t: Mapping[str, Any]) -> LimitsSection:
     )
 
 
-def _tls(t: Any, base: Path) -> TlsConfig:
+def _tls(t: Any, base: Path, check_files: bool = True) -> TlsConfig:
     if not isinstance(t, Mapping):
         raise ConfigError("tls: must be a table")
     _no_unknown(t, "tls", {"cert", "key", "client_ca"})
@@ -296,14 +301,14 @@ def _tls(t: Any, base: Path) -> TlsConfig:
         value = _str(t, "tls", name, required=name != "client_ca")
         if value:
             p = _path(value, base)
-            if not p.is_file():
+            if check_files and not p.is_file():
                 raise ConfigError(f"tls.{name}: file not found: {p}")
             paths[name] = p
     return TlsConfig(paths["cert"], paths["key"], paths.get("client_ca"))
 
 
 def _trainers(
-    items: Any, budget: BudgetSection, base: Path, tls: TlsConfig | None
+    items: Any, budget: BudgetSection, base: Path, tls: TlsConfig | None, secrets: bool = True
 ) -> tuple[TrainerConfig, ...]:
     if not isinstance(items, list):
         raise ConfigError("trainers: must be an array of tables ([[trainers]])")
@@ -319,7 +324,7 @@ def _trainers(
         tid = _str(t, where, "id", required=True)
         if len(tid) > MAX_ID_CHARS:  # _str refused control characters
             raise ConfigError(f"{where}.id: must be at most {MAX_ID_CHARS} characters")
-        token = _token(t, where, base, required=not mutual)
+        token = _token(t, where, base, required=not mutual) if secrets else None
         cert_cn = _str(t, where, "cert_cn") or (tid if mutual else None)
         cap = _int(t, where, "cap", budget.default_cap, lo=0, hi=MAX_COUNT)
         queries = _int(t, where, "queries", budget.default_queries, lo=0, hi=MAX_COUNT)

@@ -27,7 +27,7 @@ def _when(ts: float) -> str:
 
 def ledger_view(config_path: str, trainer: str | None = None) -> list[dict[str, Any]]:
     """Per trainer: budget and the requests it made, oldest first."""
-    config = load_config(config_path)
+    config = load_config(config_path, secrets=False)  # the ledger needs no trainer tokens
     trainers = [t.id for t in config.trainers]
     if trainer is not None:
         if trainer not in trainers:

@@ -209,14 +209,12 @@ def _run_walkthrough(tmp_path: Path, walkthrough: str) -> tuple[dict, list[dict]
             assert owner.poll() is None, (tmp_path / "owner.log").read_text()
             assert time.monotonic() < deadline, "the example owner never became healthy"
             time.sleep(0.5)
-        start = time.monotonic()
         trainer = subprocess.run(
             make(f"{target}-trainer", f"EXAMPLES={examples}"),
             capture_output=True,
             text=True,
             timeout=300,
         )
-        seconds = time.monotonic() - start
         assert trainer.returncode == 0, trainer.stdout[-3000:] + trainer.stderr[-3000:]
     finally:
         os.killpg(owner.pid, signal.SIGTERM)
@@ -232,7 +230,7 @@ def _run_walkthrough(tmp_path: Path, walkthrough: str) -> tuple[dict, list[dict]
         timeout=60,
     )
     assert inspect.returncode == 0, inspect.stderr
-    return report, json.loads(inspect.stdout), seconds
+    return report, json.loads(inspect.stdout), trainer.stdout + trainer.stderr
 
 
 @pytest.mark.slow
@@ -240,7 +238,7 @@ def _run_walkthrough(tmp_path: Path, walkthrough: str) -> tuple[dict, list[dict]
     ("walkthrough", "owner_name"), [("digits", "owner-a"), ("csv", "site-south")]
 )
 def test_two_terminal_walkthrough_ranks_the_owner(tmp_path, walkthrough, owner_name):
-    report, ledger, seconds = _run_walkthrough(tmp_path, walkthrough)
+    report, ledger, output = _run_walkthrough(tmp_path, walkthrough)
     assert report["trainer_id"] == "trainer-1"
     assert [r["owner"] for r in report["ranking"]] == [owner_name]
     assert [o["status"] for o in report["owners"]] == ["ok"]
@@ -252,5 +250,5 @@ def test_two_terminal_walkthrough_ranks_the_owner(tmp_path, walkthrough, owner_n
     if walkthrough == "csv":
         data = report["data"]
         assert (data["train_rows"], data["val_rows"], data["test_rows"]) == (253, 84, 113)
-    # README: a walkthrough takes well under two minutes on a 2-core machine.
-    assert seconds < 120, f"make {TARGETS[walkthrough]}-trainer took {seconds:.0f} s"
+        # The split is said before training, not only in report.json afterwards.
+        assert "training the baseline on 253 rows (validation 84, test 113 held out)" in output

@@ -6,6 +6,7 @@ gRPC log line around it; these tests start real processes on loopback where that
 
 from __future__ import annotations
 
+import json
 import shutil
 import socket
 import subprocess
@@ -18,7 +19,7 @@ from helpers_grpc import TOKENS, digits_data, owner_config, running_owner
 
 from mycroft.cli import main as mycroft_main
 from mycroft.errors import ConfigError, MycroftError
-from owner_node.config import parse_config
+from owner_node.config import load_config, parse_config
 from owner_node.ledger import Ledger
 from owner_node.server import build_server
 
@@ -272,3 +273,23 @@ def test_inspect_prints_long_request_ids_whole_at_80_columns(tmp_path, capsys, m
     out = capsys.readouterr().out
     line = next(line for line in out.splitlines() if request_id in line)
     assert "omp" in line and "…" not in out
+
+
+def test_inspect_reads_the_ledger_without_trainer_secrets(tmp_path, capsys, monkeypatch):
+    """The ledger is read where the node's secrets are not: no token env var, no TLS files."""
+    monkeypatch.delenv("MYCROFT_TEST_UNSET_TOKEN", raising=False)
+    toml = _write_owner_toml(
+        tmp_path / "owner.toml",
+        "127.0.0.1:0",
+        tail='[[trainers]]\nid = "bob"\ntoken_env = "MYCROFT_TEST_UNSET_TOKEN"\n'
+        '[tls]\ncert = "absent.pem"\nkey = "absent.key"\n',
+    )
+    ledger = Ledger(tmp_path / "state" / "ledger.db", {"alice": 100, "bob": 100})
+    ledger.charge("bob", "bob-run-1", "omp", [3, 1, 2])
+    ledger.close()
+    assert mycroft_main(["owner", "inspect", "--config", str(toml), "--json"]) == 0
+    view = {item["trainer"]: item for item in json.loads(capsys.readouterr().out)}
+    assert [r["request_id"] for r in view["bob"]["requests"]] == ["bob-run-1"]
+    # The server itself still refuses a config whose secrets are missing.
+    with pytest.raises(ConfigError, match=r"tls\.cert: file not found"):
+        load_config(toml)

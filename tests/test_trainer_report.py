@@ -25,12 +25,12 @@ from trainer_node.report import (
     SeedResult,
     Settings,
     Timings,
-    format_summary,
     load_report,
     validate_report,
     write_report,
 )
 from trainer_node.results import full_information, owner_reports, rank_all, setting_key
+from trainer_node.summary import format_summary
 
 CLASSES = ("a", "b", "c")
 ROUTING = Routing([0.5, 0.5], 1.0)

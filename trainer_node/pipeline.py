@@ -38,11 +38,11 @@ from trainer_node.report import (
     Report,
     Settings,
     Timings,
-    print_summary,
 )
 from trainer_node.results import full_information, owner_reports, rank_all, setting_key
 from trainer_node.run_files import REPORT_NAME, write_run_reports
 from trainer_node.run_warnings import run_warnings, train_accuracy
+from trainer_node.summary import print_summary
 
 log = logging.getLogger("mycroft.trainer")
 
@@ -143,7 +143,14 @@ def run_trainer(
     t_base_start = time.perf_counter()  # pre-flight counts in the total, not the baseline
     _emit(progress, "baseline", "loading data")
     data: TrainerData = load_trainer_data(config.data)
-    _emit(progress, "baseline", f"training the baseline on {len(data.train)} rows")
+    # Said up front: a small CSV split by val_fraction can leave far fewer training rows than
+    # the file holds, and the user should see that before waiting on the result.
+    _emit(
+        progress,
+        "baseline",
+        f"training the baseline on {len(data.train)} rows (validation {len(data.val)}, "
+        f"test {len(data.test)} held out)",
+    )
     base = train_baseline(config, data, progress)
     names = data.class_names
     _emit(
