@@ -32,18 +32,14 @@ REAL_RUN_TRAINING: dict[str, Any] = {
 
 def build_real_run(tmp: Path, training: dict[str, Any] | None = None) -> Path:
     """Serve three owners, run the trainer against them and a dead address; the report path."""
-    from mycroft.data import Digits, save_npz
+    from helpers_grpc import save_scarce_trainer_files
+
     from owner_node.config import parse_config as owner_config
     from owner_node.server import build_server
     from trainer_node.config import parse_config as trainer_config
     from trainer_node.pipeline import REPORT_NAME, run_trainer
 
-    train, test = Digits().load("train"), Digits().load("test")
-    perm = np.random.default_rng(0).permutation(len(train))
-    mine = train.subset(perm[:400])
-    keep = ~np.isin(mine.labels, REAL_RUN_SCARCE) | (np.arange(len(mine)) % 6 == 0)
-    save_npz(mine.subset(np.flatnonzero(keep), "trainer"), tmp / "train.npz")
-    save_npz(test.subset(np.arange(150), "test"), tmp / "test.npz")
+    train, perm = save_scarce_trainer_files(tmp, REAL_RUN_SCARCE)
     # Owners of different worth: rich in the scarce classes, a generic slice, none of them.
     pool = train.subset(perm[400:1000])
     scarce = np.flatnonzero(np.isin(pool.labels, REAL_RUN_SCARCE))

@@ -38,6 +38,21 @@ def digits_data(split: str = "train") -> LabeledData:
     return Digits().load(split)
 
 
+def save_scarce_trainer_files(folder: Path, scarce: list[int]) -> tuple[LabeledData, np.ndarray]:
+    """A trainer short of the `scarce` classes (1 row in 6 kept), as train.npz and test.npz in
+    `folder`; returns the digits train split and the permutation whose rows from 400 on are
+    free to give owners."""
+    from mycroft.data import save_npz
+
+    train, test = digits_data("train"), digits_data("test")
+    perm = np.random.default_rng(0).permutation(len(train))
+    mine = train.subset(perm[:400])
+    keep = ~np.isin(mine.labels, scarce) | (np.arange(len(mine)) % 6 == 0)
+    save_npz(mine.subset(np.flatnonzero(keep), "trainer"), folder / "train.npz")
+    save_npz(test.subset(np.arange(150), "test"), folder / "test.npz")
+    return train, perm
+
+
 def tiny_model_bytes(data: LabeledData, seed: int = 0, embed_dim: int = 8) -> bytes:
     """An untrained, tiny MoE for `data`'s shape: enough to embed and to score rows."""
     import torch

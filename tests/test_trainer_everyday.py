@@ -10,11 +10,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
+from helpers_grpc import save_scarce_trainer_files
 
 from mycroft.cli import main as cli_main
-from mycroft.data import Digits, save_npz
 from mycroft.errors import ConfigError
 from owner_node.config import parse_config as owner_config
 from owner_node.server import build_server
@@ -116,12 +115,7 @@ def owners(tmp_path_factory) -> Any:
     """Two owner servers ("good" offers every method, "narrow" only `feature`) and the trainer's
     data files; yields (folder, {name: address})."""
     tmp = tmp_path_factory.mktemp("everyday")
-    train, test = Digits().load("train"), Digits().load("test")
-    perm = np.random.default_rng(0).permutation(len(train))
-    mine = train.subset(perm[:400])
-    keep = ~np.isin(mine.labels, SCARCE) | (np.arange(len(mine)) % 6 == 0)
-    save_npz(mine.subset(np.flatnonzero(keep), "trainer"), tmp / "train.npz")
-    save_npz(test.subset(np.arange(150), "test"), tmp / "test.npz")
+    train, perm = save_scarce_trainer_files(tmp, SCARCE)
     addresses: dict[str, str] = {}
     with contextlib.ExitStack() as stack:
         for name, methods, idx in (
