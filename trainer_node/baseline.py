@@ -151,6 +151,7 @@ class Baseline:
     dhard: DHard
     dhard_eval_accuracy: float | None
     train_seconds: float
+    epoch_losses: tuple[float, ...] = ()  # mean training loss per epoch: is it still falling?
     # The checkpoint owners score with (uploaded, and used for D_hard's embeddings and
     # gradients): the final model, or an earlier epoch of the same run (selection.score_epoch).
     scorer: MoEClassifier | None = None
@@ -221,7 +222,14 @@ def train_baseline(
         model = build_model(mcfg)
     start = time.perf_counter()
     tcfg = train_config(cfg.training, seed)
-    on_epoch = None if progress is None else _epoch_events(progress, tcfg.epochs)
+    report_epoch = None if progress is None else _epoch_events(progress, tcfg.epochs)
+    losses: list[float] = []
+
+    def on_epoch(stats: EpochStats) -> None:
+        losses.append(stats.loss)
+        if report_epoch is not None:
+            report_epoch(stats)
+
     scorer = train_with_checkpoint(model, data.train, tcfg, cfg.selection.score_epoch, on_epoch)
     seconds = time.perf_counter() - start
     dhard = build_dhard(
@@ -245,6 +253,7 @@ def train_baseline(
         dhard=dhard,
         dhard_eval_accuracy=accuracy_on(model, dhard.eval),
         train_seconds=seconds,
+        epoch_losses=tuple(losses),
         scorer=scorer,
     )
 

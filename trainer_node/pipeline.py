@@ -192,7 +192,10 @@ def run_trainer(
     )
     mcfg = base.config
     warnings = run_warnings(
-        len(base.dhard.eval), train_accuracy(base.model, data.train), config.training.epochs
+        len(base.dhard.eval),
+        train_accuracy(base.model, data.train),
+        config.training.epochs,
+        base.epoch_losses,
     )
     if not print_table:  # the CLI prints them with the summary
         for line in warnings:

@@ -7,6 +7,7 @@ from three held-out rows is never shown without saying what it is worth.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -24,6 +25,9 @@ TARGET_HALF_WIDTH = 0.10
 # (or a larger model) are needed, and D_hard is then mostly rows not learned yet rather than rows
 # the trainer lacks data for, so owners are credited for generic training data.
 MIN_TRAIN_ACCURACY = 0.80
+# ... and only while the loss still fell by more than this share in the last epoch: a hard or
+# noisy task can plateau below MIN_TRAIN_ACCURACY, and more epochs would not help there.
+STILL_FALLING = 0.05
 
 
 def ci_half_width(n: int, p: float = 0.5) -> float:
@@ -54,20 +58,37 @@ def dhard_eval_warning(n_eval: int) -> str | None:
     )
 
 
-def undertrained_warning(train_accuracy: float, epochs: int) -> str | None:
-    """The baseline did not fit its own training rows (see MIN_TRAIN_ACCURACY)."""
-    if train_accuracy >= MIN_TRAIN_ACCURACY:
+def loss_still_falling(epoch_losses: Sequence[float]) -> bool:
+    """The last epoch lowered the mean training loss by more than STILL_FALLING (one epoch
+    alone cannot show a plateau, so it counts as falling)."""
+    if len(epoch_losses) < 2:
+        return True
+    before, last = epoch_losses[-2], epoch_losses[-1]
+    return before > 0 and (before - last) / before > STILL_FALLING
+
+
+def undertrained_warning(
+    train_accuracy: float, epochs: int, epoch_losses: Sequence[float] = ()
+) -> str | None:
+    """The baseline did not fit its own training rows (MIN_TRAIN_ACCURACY) and was still
+    learning when training stopped (STILL_FALLING)."""
+    if train_accuracy >= MIN_TRAIN_ACCURACY or not loss_still_falling(epoch_losses):
         return None
     return (
         f"baseline training accuracy {train_accuracy:.2f} after {epochs} epoch"
-        f"{'s' if epochs != 1 else ''} (below {MIN_TRAIN_ACCURACY:.2f}): the baseline is "
-        "undertrained and D_hard holds rows it has not learned yet; raise training.epochs "
-        "(or training.lr, or the model's size if more epochs do not help)"
+        f"{'s' if epochs != 1 else ''} (below {MIN_TRAIN_ACCURACY:.2f}) with the loss still "
+        "falling: the baseline is undertrained and D_hard holds rows it has not learned yet; "
+        "raise training.epochs (or training.lr)"
     )
 
 
-def run_warnings(n_dhard_eval: int, train_accuracy: float, epochs: int) -> list[str]:
-    found = (dhard_eval_warning(n_dhard_eval), undertrained_warning(train_accuracy, epochs))
+def run_warnings(
+    n_dhard_eval: int, train_accuracy: float, epochs: int, epoch_losses: Sequence[float] = ()
+) -> list[str]:
+    found = (
+        dhard_eval_warning(n_dhard_eval),
+        undertrained_warning(train_accuracy, epochs, epoch_losses),
+    )
     return [w for w in found if w is not None]
 
 
