@@ -168,6 +168,17 @@ def test_collapse_of_a_dhard_class_names_owner_class_before_and_after():
     )
 
 
+def test_a_class_named_by_a_number_is_said_as_a_class():
+    collapsed = [[0.90, 0.95, 0.01, 0.96]] * 3
+    r = report(owner("a_relevant", [0.35, 0.40, 0.38], per_class=collapsed), owner("b", [0.0] * 3))
+    r["class_names"] = ["0", "1", "2", "3"]
+    r["dhard"] = {"classes": ["2"]}
+    assert (
+        "took the trainer's class 2 (a D_hard class) from 56% to 1%"
+        in (compute_verdict(r)["summary"])
+    )
+
+
 def test_drops_within_seed_noise_or_below_threshold_are_not_flagged():
     # Coat's mean falls 20 points, but one seed is back at the baseline: seed noise.
     noisy = [[0.1, 0.95, 0.56, 0.97], [0.1, 0.95, 0.20, 0.97], [0.1, 0.95, 0.32, 0.97]]

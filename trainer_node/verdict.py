@@ -289,7 +289,10 @@ def _value_sentence(v: dict[str, Any], by_name: dict[str, dict[str, Any]]) -> Se
 
 
 def _what(harm: dict[str, Any]) -> str:
-    what = harm["class_name"] or "overall test accuracy"
+    name = harm["class_name"]
+    # "the trainer's 1 from 86% to 49%" misreads: a class named by a number is said as one.
+    what = "overall test accuracy" if name is None else name
+    what = f"class {name}" if name is not None and not any(c.isalpha() for c in name) else what
     return what + (" (a D_hard class)" if harm["dhard_class"] else "")
 
 
