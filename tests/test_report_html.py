@@ -244,7 +244,9 @@ def test_verdict_is_on_the_first_screen_and_names_whom_to_pay(
     words = " ".join(html.unescape(text.group(1)).split())
     assert "rich and mixed are tied (their 95% intervals overlap); either is worth paying." in words
     assert "rich has the highest mean gain: +30.0 pp" in words
-    assert f"rich's rows took the trainer's {collapsed} from {100 * before:.0f}% to 0%" in words
+    assert (
+        f"rich's rows took the trainer's class {collapsed} from {100 * before:.0f}% to 0%" in words
+    )
     assert "Not worth paying: useless (+0.0 pp): holds none of the D_hard classes." in words
 
 
