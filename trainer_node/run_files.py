@@ -43,8 +43,8 @@ def write_run_reports(report: dict[str, Any], run_dir: Path, run_id: str) -> Rep
     run_html = write_html(report, run_json.with_name(HTML_NAME))
     latest_json, latest_html = Path(run_dir) / REPORT_NAME, Path(run_dir) / HTML_NAME
     good = bool(report["ranking"])
-    if good:
-        write_report(report, latest_json)
-        page = run_html.read_bytes()  # a copy, not a second rendering of the plots
-        write_atomic(latest_html, lambda f: f.write(page), mode=0o644, binary=True)
+    if good:  # copies: no second schema validation, serialisation or rendering of the plots
+        for source, target, mode in ((run_json, latest_json, None), (run_html, latest_html, 0o644)):
+            content = source.read_bytes()  # modes as write_report and write_html set them
+            write_atomic(target, lambda f, c=content: f.write(c), mode=mode, binary=True)
     return ReportFiles(run_json, run_html, latest_json, latest_html, good)
