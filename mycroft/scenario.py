@@ -10,20 +10,34 @@ built from any labelled data source. Format (annotated examples in mycroft/scena
                             seeds, dhard_classes?, shared_fraction, training, epochs
   [run.model]               gate, experts, top_k
 
-`load_scenario(name_or_path)` parses and validates (a bad field raises ConfigError naming it,
-e.g. "owners[2].label_noise: must be in [0, 1)"); `build(scenario, seed)` draws the trainer's
-and owners' rows (disjoint, deterministic for a seed) and applies the owners' noise.
+Each table is a declared model on mycroft.config_base: `load_scenario(name_or_path)` parses
+and validates (a bad field raises ConfigError naming it, e.g. "owners[2].label_noise: must be
+< 1, got 1.0"); `build(scenario, seed)` draws the trainer's and owners' rows (disjoint,
+deterministic for a seed) and applies the owners' noise.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
+from pydantic import (
+    AfterValidator,
+    BeforeValidator,
+    Field,
+    PlainValidator,
+    PrivateAttr,
+    StringConstraints,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
+from moe.config import GATES
+from mycroft.config_base import ConfigModel, FieldProblem, Float, Int, Str, parse, shown
 from mycroft.data import LabeledData, corrupt_features, flip_labels, open_source, save_npz
 from mycroft.data.base import DataSource
 from mycroft.data.fashion_mnist import FashionMNIST
@@ -32,117 +46,113 @@ from mycroft.errors import ConfigError, DataError
 from mycroft.files import read_toml
 
 SCENARIO_DIR = Path(__file__).parent / "scenarios"
-TRAINING_MODES = ("finetune", "retrain")
-GATES = ("topk", "sinkhorn", "hash", "comet", "dense")  # mirrors moe.config.GATES
 ClassRef = str | int  # a class name, or an index into the source's class names
 
 
-class _Table:
-    """Typed, range-checked reads from one TOML table; unknown keys are reported on `done`."""
+def _class_ref(value: object) -> ClassRef:
+    # bool is an int in Python; a scenario's `true` is never meant as a class.
+    if not isinstance(value, str | int) or isinstance(value, bool):
+        raise ValueError(f"must be a class name, got {shown(value)}")
+    return value
 
-    def __init__(self, raw: object, where: str) -> None:
-        if not isinstance(raw, Mapping):
-            raise ConfigError(f"{where or 'scenario'}: must be a table")
-        self.raw, self.where, self.seen = raw, where, set[str]()
 
-    def _name(self, key: str) -> str:
-        return f"{self.where}.{key}" if self.where else key
+def _some(value: object) -> object:
+    if isinstance(value, str) or (isinstance(value, list | tuple) and not value):
+        raise ValueError("must be a non-empty list of class names")
+    return value
 
-    def get(self, key: str, default: Any = ..., types: tuple[type, ...] = (object,)) -> Any:
-        self.seen.add(key)
-        if key not in self.raw:
-            if default is ...:
-                raise ConfigError(f"{self._name(key)}: required")
-            return default
-        value = self.raw[key]
-        # bool is an int in Python; a scenario's `true` is never meant as a count.
-        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
-            names = " or ".join(t.__name__ for t in types)
-            raise ConfigError(f"{self._name(key)}: must be {names}, got {value!r}")
+
+def _once(value: tuple[ClassRef, ...]) -> tuple[ClassRef, ...]:
+    if len(set(value)) != len(value):
+        raise ValueError("lists a class twice")
+    return value
+
+
+ClassList = Annotated[
+    tuple[Annotated[ClassRef, PlainValidator(_class_ref)], ...],
+    BeforeValidator(_some),
+    AfterValidator(_once),
+]
+
+
+def _budget(value: object) -> int | float:
+    # An int is a row count, a float a share of the owner's rows (1.0 = all, 1 = one row).
+    if (isinstance(value, int) and not isinstance(value, bool) and value >= 1) or (
+        isinstance(value, float) and 0.0 < value <= 1.0
+    ):
         return value
-
-    def int(self, key: str, default: Any = ..., lo: int = 0) -> int:
-        value = self.get(key, default, (int,))
-        if value < lo:
-            raise ConfigError(f"{self._name(key)}: must be >= {lo}, got {value}")
-        return value
-
-    def float(self, key: str, default: Any, lo: float, hi: float, hi_open: bool = False) -> float:
-        value = float(self.get(key, default, (int, float)))
-        if not (lo <= value and (value < hi if hi_open else value <= hi)):
-            raise ConfigError(
-                f"{self._name(key)}: must be in [{lo:g}, {hi:g}{')' if hi_open else ']'}, "
-                f"got {value:g}"
-            )
-        return value
-
-    def choice(self, key: str, default: str, choices: tuple[str, ...]) -> str:
-        value = self.get(key, default, (str,))
-        if value not in choices:
-            raise ConfigError(f"{self._name(key)}: must be one of {list(choices)}, got {value!r}")
-        return value
-
-    def classes(self, key: str, default: Any = ..., allow_all: bool = False) -> Any:
-        value = self.get(key, default, (list, str) if allow_all else (list,))
-        if value is None or (allow_all and value == "all"):
-            return None
-        if isinstance(value, str) or not value:
-            raise ConfigError(f"{self._name(key)}: must be a non-empty list of class names")
-        for i, v in enumerate(value):
-            if not isinstance(v, str | int) or isinstance(v, bool):
-                raise ConfigError(f"{self._name(key)}[{i}]: must be a class name, got {v!r}")
-        if len(set(value)) != len(value):
-            raise ConfigError(f"{self._name(key)}: lists a class twice")
-        return tuple(value)
-
-    def done(self) -> None:
-        for key in self.raw:
-            if key not in self.seen:
-                raise ConfigError(f"{self._name(key)}: unknown field")
+    raise ValueError(f"must be a row count >= 1 or a share in (0, 1], got {shown(value)}")
 
 
-@dataclass(frozen=True)
-class TrainerSpec:
-    size: int  # rows of the trainer's train set, drawn from the source's train split
-    scarce_classes: tuple[ClassRef, ...]
-    scarce_fraction: float  # a scarce class gets this share of a normal class's row count
-    val_size: int  # validation rows (natural class mix), where D_hard is found
-    test_size: int | None = None  # subsample of the test split; None = all of it
+Budget = Annotated[int | float, PlainValidator(_budget)]
+Name = Annotated[Str, StringConstraints(min_length=1)]
 
 
-@dataclass(frozen=True)
-class OwnerSpec:
-    name: str
-    classes: tuple[ClassRef, ...] | None  # None = all classes
-    size: int
-    label_noise: float = 0.0  # share of rows whose label is flipped to another class
-    feature_noise: float = 0.0  # Gaussian std, in units of each feature's std
-    corrupt_share: float = 1.0  # share of rows that get the feature noise
-    seed: int = 0
+class TrainerSpec(ConfigModel):
+    size: Int = Field(ge=1)  # rows of the trainer's train set, drawn from the train split
+    scarce_classes: ClassList = ()
+    scarce_fraction: Float = Field(0.05, ge=0, le=1)  # a scarce class's share of a normal one's
+    val_size: Int = Field(ge=1)  # validation rows (natural class mix), where D_hard is found
+    test_size: Int | None = Field(None, ge=1)  # subsample of the test split; None = all of it
 
 
-@dataclass(frozen=True)
-class ModelSpec:
-    gate: str = "topk"
-    experts: int = 4
-    top_k: int = 2
+class OwnerSpec(ConfigModel):
+    name: Str
+    classes: ClassList | None = None  # None (or "all" in the file) = all classes
+    size: Int = Field(ge=1)
+    label_noise: Float = Field(0.0, ge=0, lt=1)  # share of rows whose label is flipped
+    feature_noise: Float = Field(0.0, ge=0, le=100)  # Gaussian std, in each feature's stds
+    corrupt_share: Float = Field(1.0, ge=0, le=1)  # share of rows that get the feature noise
+    seed: Int = Field(0, ge=0)  # in a file, defaults to the owner's index
+
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, name: str) -> str:
+        # The name becomes a file name and a compose-side label.
+        if not name or not name.replace("_", "").replace("-", "").isalnum():
+            raise ValueError(f"use letters, digits, '_' or '-', got {shown(name)}")
+        return name
+
+    @field_validator("classes", mode="before")
+    @classmethod
+    def _all(cls, value: object) -> object:
+        return None if value == "all" else value
 
 
-@dataclass(frozen=True)
-class RunSpec:
-    methods: tuple[str, ...]
-    budgets: tuple[int | float, ...]  # int = rows; float in (0, 1] = share of an owner's rows
-    seeds: int = 1
-    dhard_classes: tuple[ClassRef, ...] | None = None  # None = the trainer's scarce classes
-    shared_fraction: float = 0.5  # share of D_hard sent to owners; the rest measures gains
-    training: str = "finetune"
-    epochs: int = 3
-    model: ModelSpec = field(default_factory=ModelSpec)
+class ModelSpec(ConfigModel):
+    gate: Literal[GATES] = "topk"  # type: ignore[valid-type]
+    experts: Int = Field(4, ge=1)
+    top_k: Int = Field(2, ge=1)
+
+    @model_validator(mode="after")
+    def _k_fits(self) -> ModelSpec:
+        if self.top_k > self.experts:
+            raise FieldProblem("top_k", f"{self.top_k} exceeds experts = {self.experts}")
+        return self
+
+
+class RunSpec(ConfigModel):
+    methods: tuple[Name, ...] = Field(min_length=1)
+    budgets: tuple[Budget, ...] = Field(min_length=1)
+    seeds: Int = Field(1, ge=1)
+    dhard_classes: ClassList | None = None  # None = the trainer's scarce classes
+    # Share of D_hard sent to owners (some is needed); the rest measures the gains.
+    shared_fraction: Float = Field(0.5, gt=0, lt=1)
+    training: Literal["finetune", "retrain"] = "finetune"
+    epochs: Int = Field(3, ge=1)
+    model: ModelSpec = ModelSpec()
     # Fine-tuning on a subset (see trainer_node.config.TrainingSettings); None: trainer default.
-    finetune_epochs: int | None = None
-    finetune_lr: float | None = None
-    oversample_to: int = 0
-    score_epoch: int | None = None  # owners score with this baseline epoch; None: the final one
+    finetune_epochs: Int | None = Field(None, ge=1)
+    finetune_lr: Float | None = Field(None, ge=1e-8, le=10)
+    oversample_to: Int = Field(0, ge=0)
+    score_epoch: Int | None = Field(None, ge=1)  # owners score with this baseline epoch
+
+    @field_validator("methods")
+    @classmethod
+    def _methods_once(cls, methods: tuple[str, ...]) -> tuple[str, ...]:
+        if len(set(methods)) != len(methods):
+            raise ValueError("lists a method twice")
+        return methods
 
     def budget_rows(self, budget: int | float, owner_rows: int) -> int:
         """A budget as a row count for an owner holding `owner_rows` rows."""
@@ -151,127 +161,72 @@ class RunSpec:
         return int(budget)
 
 
-@dataclass(frozen=True)
-class Scenario:
-    name: str
-    data: Mapping[str, Any]  # the open_source spec
+class Scenario(ConfigModel):
+    name: Str  # in a file, defaults to the file's stem
+    description: Str = ""
+    data: dict[str, Any]  # the open_source spec, checked (not read) when parsed
     trainer: TrainerSpec
     owners: tuple[OwnerSpec, ...]
     run: RunSpec
-    description: str = ""
-    base_dir: Path | None = None  # relative data paths resolve against the scenario's folder
+    # Relative data paths resolve against the scenario's folder; not a field of the file.
+    _base_dir: Path | None = PrivateAttr(None)
+
+    @property
+    def base_dir(self) -> Path | None:
+        return self._base_dir
 
     def source(self) -> DataSource:
         return open_source(self.data, base_dir=self.base_dir, where="data")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _file_defaults(cls, raw: Any, info: ValidationInfo) -> Any:
+        if not isinstance(raw, Mapping):
+            return raw
+        raw = {"name": (info.context or {}).get("name", "scenario"), "run": {}, **raw}
+        owners = raw.get("owners")
+        if isinstance(owners, list):  # an owner's seed defaults to its place in the file
+            raw["owners"] = [
+                {"seed": i, **o} if isinstance(o, Mapping) else o for i, o in enumerate(owners)
+            ]
+        return raw
 
-def _parse_owner(raw: object, i: int) -> OwnerSpec:
-    t = _Table(raw, f"owners[{i}]")
-    name = t.get("name", types=(str,))
-    if not name or not name.replace("_", "").replace("-", "").isalnum():
-        raise ConfigError(f"owners[{i}].name: use letters, digits, '_' or '-', got {name!r}")
-    spec = OwnerSpec(
-        name=name,
-        classes=t.classes("classes", "all", allow_all=True),
-        size=t.int("size", lo=1),
-        label_noise=t.float("label_noise", 0.0, 0.0, 1.0, hi_open=True),
-        feature_noise=t.float("feature_noise", 0.0, 0.0, 100.0),
-        corrupt_share=t.float("corrupt_share", 1.0, 0.0, 1.0),
-        seed=t.int("seed", i),
-    )
-    t.done()
-    return spec
+    @field_validator("data")
+    @classmethod
+    def _known_source(cls, data: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        # Checks the table's fields now (ConfigError names them); files are read by build().
+        open_source(data, base_dir=(info.context or {}).get("base_dir"), where="data")
+        return data
 
+    @field_validator("owners")
+    @classmethod
+    def _distinct_owners(cls, owners: tuple[OwnerSpec, ...]) -> tuple[OwnerSpec, ...]:
+        if not owners:
+            raise ValueError("list at least one owner ([[owners]] tables)")
+        first: dict[str, int] = {}
+        for i, o in enumerate(owners):
+            if o.name in first:
+                raise FieldProblem(
+                    (i, "name"), f"{o.name!r} already used by owners[{first[o.name]}]"
+                )
+            first.setdefault(o.name, i)
+        return owners
 
-def _parse_budgets(t: _Table) -> tuple[int | float, ...]:
-    budgets = t.get("budgets", types=(list,))
-    if not budgets:
-        raise ConfigError("run.budgets: must list at least one budget")
-    for i, b in enumerate(budgets):
-        ok = (isinstance(b, int) and not isinstance(b, bool) and b >= 1) or (
-            isinstance(b, float) and 0.0 < b <= 1.0
-        )
-        if not ok:
-            raise ConfigError(
-                f"run.budgets[{i}]: must be a row count >= 1 or a share in (0, 1], got {b!r}"
+    @model_validator(mode="after")
+    def _dhard_known(self, info: ValidationInfo) -> Scenario:
+        if self.run.dhard_classes is None and not self.trainer.scarce_classes:
+            raise FieldProblem(
+                ("run", "dhard_classes"), "required when trainer.scarce_classes is empty"
             )
-    return tuple(budgets)
+        self._base_dir = (info.context or {}).get("base_dir")
+        return self
 
 
 def parse_scenario(
     raw: Mapping[str, Any], name: str = "scenario", base_dir: Path | None = None
 ) -> Scenario:
     """A validated Scenario from an already-parsed TOML document."""
-    top = _Table(raw, "")  # top-level fields are named bare
-    name = top.get("name", name, (str,))
-    description = top.get("description", "", (str,))
-    data = top.get("data", types=(dict,))
-    if not isinstance(data.get("source"), str):
-        raise ConfigError("data.source: required, the name of a data source")
-
-    tr = _Table(top.get("trainer", types=(dict,)), "trainer")
-    trainer = TrainerSpec(
-        size=tr.int("size", lo=1),
-        scarce_classes=tr.classes("scarce_classes", ()) or (),
-        scarce_fraction=tr.float("scarce_fraction", 0.05, 0.0, 1.0),
-        val_size=tr.int("val_size", lo=1),
-        test_size=tr.int("test_size", None, lo=1) if "test_size" in tr.raw else None,
-    )
-    tr.done()
-
-    owners_raw = top.get("owners", types=(list,))
-    if not owners_raw:
-        raise ConfigError("owners: list at least one owner ([[owners]] tables)")
-    owners = tuple(_parse_owner(o, i) for i, o in enumerate(owners_raw))
-    seen: dict[str, int] = {}
-    for i, o in enumerate(owners):
-        if o.name in seen:
-            raise ConfigError(
-                f"owners[{i}].name: {o.name!r} already used by owners[{seen[o.name]}]"
-            )
-        seen[o.name] = i
-
-    rt = _Table(top.get("run", {}, (dict,)), "run")
-    methods = rt.get("methods", types=(list,))
-    if not methods or not all(isinstance(m, str) and m for m in methods):
-        raise ConfigError("run.methods: must be a non-empty list of method names")
-    if len(set(methods)) != len(methods):
-        raise ConfigError("run.methods: lists a method twice")
-    mt = _Table(rt.get("model", {}, (dict,)), "run.model")
-    model = ModelSpec(
-        gate=mt.choice("gate", "topk", GATES),
-        experts=mt.int("experts", 4, lo=1),
-        top_k=mt.int("top_k", 2, lo=1),
-    )
-    mt.done()
-    if model.top_k > model.experts:
-        raise ConfigError(f"run.model.top_k: {model.top_k} exceeds experts = {model.experts}")
-    dhard = rt.classes("dhard_classes", None)
-    if dhard is None and not trainer.scarce_classes:
-        raise ConfigError("run.dhard_classes: required when trainer.scarce_classes is empty")
-    run = RunSpec(
-        methods=tuple(methods),
-        budgets=_parse_budgets(rt),
-        seeds=rt.int("seeds", 1, lo=1),
-        dhard_classes=dhard,
-        shared_fraction=rt.float("shared_fraction", 0.5, 0.0, 1.0, hi_open=True),
-        training=rt.choice("training", "finetune", TRAINING_MODES),
-        epochs=rt.int("epochs", 3, lo=1),
-        model=model,
-        finetune_epochs=rt.int("finetune_epochs", None, lo=1)
-        if "finetune_epochs" in rt.raw
-        else None,
-        finetune_lr=rt.float("finetune_lr", None, 1e-8, 10.0) if "finetune_lr" in rt.raw else None,
-        oversample_to=rt.int("oversample_to", 0, lo=0),
-        score_epoch=rt.int("score_epoch", None, lo=1) if "score_epoch" in rt.raw else None,
-    )
-    if run.shared_fraction == 0.0:
-        raise ConfigError("run.shared_fraction: must be > 0 (owners need some of D_hard)")
-    rt.done()
-    top.done()
-    scenario = Scenario(name, data, trainer, owners, run, description, base_dir)
-    scenario.source()  # checks the data table's fields now; files are read only by build()
-    return scenario
+    return parse(Scenario, raw, base_dir=base_dir, name=name)
 
 
 def builtin_scenarios() -> list[str]:

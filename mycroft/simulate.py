@@ -1,16 +1,18 @@
 """`mycroft simulate`: a scenario run as real processes on this machine.
 
-`prepare` builds the scenario's data and writes one NPZ file and one config per node (the same
-files `docker compose` mounts); `run_local` starts one `mycroft owner serve` process per owner on
-a loopback port, waits for each to report SERVING, runs the trainer against them, and stops the
-owners with SIGTERM. Nothing here is simulation-only: the processes are the production nodes.
+`prepare` builds the scenario's data, writes one NPZ file per node and one config per owner
+(owners run as separate processes, or as the containers `docker compose` starts), and
+validates the trainer's config in memory; with `write_trainer` (--prepare-only, which compose
+uses) it writes trainer.toml too, for a trainer started on its own. `run_local` starts one
+`mycroft owner serve` process per owner on a loopback port, waits for each to report SERVING,
+runs the trainer in this process on the in-memory config, and stops the owners with SIGTERM.
+Nothing here is simulation-only: the processes are the production nodes.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import logging
 import secrets
 import socket
@@ -19,9 +21,15 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import tomli_w
 
 from mycroft.errors import ConfigError, MycroftError
 from mycroft.scenario import Scenario, ScenarioData, build, load_scenario
+
+if TYPE_CHECKING:
+    from trainer_node.config import TrainerConfig
 
 log = logging.getLogger("mycroft.simulate")
 TRAINER_ID = "trainer-1"
@@ -44,26 +52,19 @@ class OwnerPlan:
 @dataclass
 class SimulationPlan:
     run_dir: Path
-    trainer_config: Path
+    trainer: TrainerConfig  # validated; run_local runs it without a file
+    trainer_config: Path | None = None  # trainer.toml, when written for a separate trainer
     owners: list[OwnerPlan] = field(default_factory=list)
 
 
-def _toml_value(value: object) -> str:
-    # json's string and list syntax is valid TOML for the plain values written here.
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, Path):
-        value = str(value)
-    return json.dumps(value)
-
-
-def _toml(tables: list[tuple[str, dict[str, object]]]) -> str:
-    lines: list[str] = []
-    for header, values in tables:
-        lines.append(header)
-        lines.extend(f"{k} = {_toml_value(v)}" for k, v in values.items() if v is not None)
-        lines.append("")
-    return "\n".join(lines)
+def _plain(value: Any) -> Any:
+    """A config built in memory as TOML-ready values: paths as text, None ("not set": TOML
+    has no null) left out."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return str(value) if isinstance(value, Path) else value
 
 
 def _free_port() -> int:
@@ -91,12 +92,11 @@ def _budgets(scenario: Scenario, data: ScenarioData) -> list[int]:
 RANK_PREFERENCE = ("funcfeat", "gradient", "feature")
 
 
-def _rank_by(methods: list[str], budgets: list[int]) -> list[tuple[str, dict[str, object]]]:
-    """The ranking setting: the preferred method at the largest budget (least noisy gain)."""
+def _rank_by(methods: list[str], budgets: list[int]) -> dict[str, Any] | None:
+    """The ranking setting: the preferred method at the largest budget (least noisy gain);
+    None leaves the trainer's default, the first listed method."""
     method = next((m for m in RANK_PREFERENCE if m in methods), None)
-    if method is None:
-        return []  # the trainer's default: the first listed method
-    return [("[selection.rank_by]", {"method": method, "budget": max(budgets)})]
+    return None if method is None else {"method": method, "budget": max(budgets)}
 
 
 def prepare(
@@ -108,8 +108,13 @@ def prepare(
     tls: bool = False,
     certs: Path | None = None,
     state_root: Path | None = None,
+    write_trainer: bool = True,
 ) -> SimulationPlan:
-    """Write every node's data and config under `run_dir`; start nothing."""
+    """Write every node's data and the owners' configs under `run_dir` (and trainer.toml when
+    `write_trainer`); validate the trainer's config; start nothing."""
+    from mycroft.data import save_npz
+    from trainer_node.config import parse_config
+
     if tls and (certs is None or not (certs / "ca.pem").is_file()):
         raise ConfigError(
             f"--certs: {certs}/ca.pem not found; make one with scripts/make_dev_certs.sh"
@@ -118,20 +123,12 @@ def prepare(
     data = build(scenario, seed)
     owner_files = data.save_owners(run_dir / "data" / "owners")
     trainer_dir = run_dir / "data" / "trainer"
-    from mycroft.data import save_npz
-
-    paths = {
-        split: save_npz(part, trainer_dir / f"{split}.npz")
-        for split, part in (
-            ("train", data.trainer_train),
-            ("val", data.trainer_val),
-            ("test", data.test),
-        )
-    }
+    splits = {"train": data.trainer_train, "val": data.trainer_val, "test": data.test}
+    paths = {split: save_npz(part, trainer_dir / f"{split}.npz") for split, part in splits.items()}
     methods = list(scenario.run.methods)
     budgets = _budgets(scenario, data)
-    plan = SimulationPlan(run_dir=run_dir, trainer_config=run_dir / "trainer.toml")
-    owner_tables = []
+    plans: list[OwnerPlan] = []
+    trainer_owners: list[dict[str, Any]] = []
     for i, (name, path) in enumerate(owner_files.items()):
         rows = len(data.owners[name])
         per_request = max(rows, *budgets, 1)
@@ -143,93 +140,84 @@ def prepare(
             host, port, listen = "127.0.0.1", _free_port(), "127.0.0.1"
             config = run_dir / "owners" / f"{name}.toml"
         token = secrets.token_urlsafe(24)
-        state = (state_root or run_dir / "state") / name
-        owner_table_values: dict[str, object] = {
+        owner: dict[str, Any] = {
             "name": name,
             "listen": f"{listen}:{port}",
-            "state_dir": state,
+            "state_dir": (state_root or run_dir / "state") / name,
         }
         if tls:  # probes (compose healthcheck, simulate) use a plaintext loopback health port
             health_port = COMPOSE_PORT + 1 if hosts == "compose" else _free_port()
-            owner_table_values["health_listen"] = f"127.0.0.1:{health_port}"
-        tables: list[tuple[str, dict[str, object]]] = [
-            ("[owner]", owner_table_values),
-            ("[data]", {"source": "npz", "path": path}),
+            owner["health_listen"] = f"127.0.0.1:{health_port}"
+        tables: dict[str, Any] = {
+            "owner": owner,
+            "data": {"source": "npz", "path": path},
             # Evaluation run: the cap lets every method and budget (and "full") be answered; a
             # budget above the owner's size is answered with all it has and a stated shortfall.
-            ("[budget]", {"default_cap": rows, "max_rows_per_request": per_request}),
-            ("[[trainers]]", {"id": TRAINER_ID, "token": token, "cap": rows}),
-            ("[limits]", {"max_budget": per_request}),
-            ("[selection]", {"allow_full": "full" in methods}),
-        ]
-        tls_owner = None
-        if tls:
-            assert certs is not None
-            tables.append(
-                (
-                    "[tls]",
-                    {
-                        "cert": certs / f"{host if hosts == 'compose' else 'localhost'}.pem",
-                        "key": certs / f"{host if hosts == 'compose' else 'localhost'}.key",
-                        "client_ca": certs / "ca.pem",
-                    },
-                )
-            )
-            tls_owner = {
-                "ca_cert": certs / "ca.pem",
-                "client_cert": certs / f"{TRAINER_ID}.pem",
-                "client_key": certs / f"{TRAINER_ID}.key",
-            }
-        _write_private(config, _toml(tables))
-        plan.owners.append(OwnerPlan(name=name, host=host, port=port, config=config, rows=rows))
-        owner_table: dict[str, object] = {
+            "budget": {"default_cap": rows, "max_rows_per_request": per_request},
+            "trainers": [{"id": TRAINER_ID, "token": token, "cap": rows}],
+            "limits": {"max_budget": per_request},
+            "selection": {"allow_full": "full" in methods},
+        }
+        entry: dict[str, Any] = {
             "name": name,
             "address": f"{host}:{port}",
             "token": token,
             "deadline_seconds": 600.0,
         }
-        owner_tables.append(("[[owners]]", owner_table))
-        if tls_owner is not None:
-            owner_tables.append(("[owners.tls]", tls_owner))
+        if tls:
+            assert certs is not None
+            cert = host if hosts == "compose" else "localhost"
+            tables["tls"] = {
+                "cert": certs / f"{cert}.pem",
+                "key": certs / f"{cert}.key",
+                "client_ca": certs / "ca.pem",
+            }
+            entry["tls"] = {
+                "ca_cert": certs / "ca.pem",
+                "client_cert": certs / f"{TRAINER_ID}.pem",
+                "client_key": certs / f"{TRAINER_ID}.key",
+            }
+        _write_private(config, tomli_w.dumps(_plain(tables)))
+        plans.append(OwnerPlan(name=name, host=host, port=port, config=config, rows=rows))
+        trainer_owners.append(entry)
 
     run = scenario.run
-    dhard_classes = [data.class_names[c] for c in data.dhard_classes]
-    trainer_tables: list[tuple[str, dict[str, object]]] = [
-        (
-            "[trainer]",
-            {"id": TRAINER_ID, "run_dir": run_dir, "run_id": f"{scenario.name}-seed{seed}"},
-        ),
-        ("[data]", {"train": paths["train"], "val": paths["val"], "test": paths["test"]}),
-        (
-            "[model]",
-            {"gate": run.model.gate, "num_experts": run.model.experts, "top_k": run.model.top_k},
-        ),
-        (
-            "[training]",
-            {
-                "epochs": run.epochs,
-                "seeds": run.seeds,
-                "mode": run.training,
-                "finetune_epochs": run.finetune_epochs,
-                "finetune_lr": run.finetune_lr,
-                "oversample_to": run.oversample_to,
-            },
-        ),
-        ("[dhard]", {"classes": dhard_classes, "shared_fraction": run.shared_fraction}),
-        (
-            "[selection]",
-            {
-                "methods": methods,
-                "budgets": budgets,
-                "mode": "embedded",
-                "score_epoch": run.score_epoch,
-            },
-        ),
-        *_rank_by(methods, budgets),
-        *owner_tables,
-    ]
-    _write_private(plan.trainer_config, _toml(trainer_tables))
-    return plan
+    trainer = {
+        "trainer": {"id": TRAINER_ID, "run_dir": run_dir, "run_id": f"{scenario.name}-seed{seed}"},
+        "data": paths,
+        "model": {
+            "gate": run.model.gate,
+            "num_experts": run.model.experts,
+            "top_k": run.model.top_k,
+        },
+        "training": {
+            "epochs": run.epochs,
+            "seeds": run.seeds,
+            "mode": run.training,
+            "finetune_epochs": run.finetune_epochs,
+            "finetune_lr": run.finetune_lr,
+            "oversample_to": run.oversample_to,
+        },
+        "dhard": {
+            "classes": [data.class_names[c] for c in data.dhard_classes],
+            "shared_fraction": run.shared_fraction,
+        },
+        "selection": {
+            "methods": methods,
+            "budgets": budgets,
+            "mode": "embedded",
+            "score_epoch": run.score_epoch,
+            "rank_by": _rank_by(methods, budgets),
+        },
+        "owners": trainer_owners,
+    }
+    # What a trainer.toml holds, validated as the trainer validates its file.
+    raw = _plain(trainer)
+    trainer_path = run_dir / "trainer.toml" if write_trainer else None
+    config = parse_config(raw, base_dir=run_dir, config_path=trainer_path)
+    if trainer_path is not None:
+        _write_private(trainer_path, tomli_w.dumps(raw))
+    return SimulationPlan(run_dir, config, trainer_path, plans)
 
 
 def _wait_serving(owner: OwnerPlan, proc: subprocess.Popen, log_path: Path, timeout: float) -> None:
@@ -263,7 +251,8 @@ def _stop(procs: list[subprocess.Popen], grace: float = 15.0) -> None:
 
 def run_local(plan: SimulationPlan, *, startup_timeout: float = 120.0) -> int:
     """Start the owners as processes, run the trainer, stop the owners. Returns an exit code."""
-    from trainer_node.pipeline import run_trainer_from_path
+    from mycroft.progress import StageBars
+    from trainer_node.pipeline import run_trainer
 
     logs = plan.run_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
@@ -281,7 +270,9 @@ def run_local(plan: SimulationPlan, *, startup_timeout: float = 120.0) -> int:
         for owner, proc in zip(plan.owners, procs, strict=True):
             _wait_serving(owner, proc, logs / f"{owner.name}.log", startup_timeout)
             log.info("owner %s serving on %s (pid %d)", owner.name, owner.address, proc.pid)
-        status = run_trainer_from_path(plan.trainer_config)
+        with StageBars() as bars:  # as `mycroft trainer run` does: ranked owners or status 1
+            report = run_trainer(plan.trainer, progress=bars, print_table=True)
+        status = 0 if report.ranking else 1
     finally:
         _stop(procs)
     if status != 0:  # the trainer has said where this run's report is; report.json is older
@@ -305,6 +296,7 @@ def simulate_from_args(args: argparse.Namespace) -> int:
         hosts=args.hosts,
         tls=tls,
         certs=Path(args.certs).resolve() if args.certs else None,
+        write_trainer=args.prepare_only,  # a trainer started on its own (compose) reads it
     )
     if args.prepare_only:
         print(f"prepared {len(plan.owners)} owners and the trainer in {plan.run_dir}")

@@ -14,16 +14,16 @@ This module does not import torch at import time: config parsing stays light.
 
 from __future__ import annotations
 
-import functools
 import itertools
 import math
-from collections.abc import Mapping
-from dataclasses import dataclass, fields
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import numpy as np
+from pydantic import Field, ValidationInfo, field_validator
 
-from mycroft.errors import ConfigError, ModelFileError
+from moe.config import GATES, STEMS
+from mycroft.config_base import ConfigModel, FieldProblem, Float, Int, Str, parse
+from mycroft.errors import ModelFileError
 
 if TYPE_CHECKING:
     import torch
@@ -34,77 +34,59 @@ if TYPE_CHECKING:
 # TF32 inputs) relative to the sum of |terms|: < 0.6% for n <= 9 * 8192, the largest fan-in a
 # valid config allows. Each bounded operation is multiplied by this factor to stay sound.
 _SLACK = 1.01
-# Caps for the TOML values. max_activation: float32 LayerNorm squares deviations up to 2|h| and
-# sums <= 8192 of them, so |h| <= 1e17 keeps that sum below float32's 3.4e38.
-_CAPS: dict[str, float] = dict(max_abs_weight=1e12, max_activation=1e17, max_embedding=1e17)
-_CAPS.update(input_bound=1e15, max_parameters=1e9, max_moe_layers=1e3, max_experts=1e5, probes=4096)
-_INTS = {"max_parameters", "max_moe_layers", "max_experts", "probes"}
-_OPTIONAL = {"max_parameters", "max_moe_layers", "max_experts", "input_bound"}
 _F32_MAX = 3.4028234663852886e38
 _PROBE_SEED = 0x4D594352  # fixed: the probes, hence the outcome, never vary between calls
 _PROBE_ELEMENTS = 1 << 22  # input values per probe batch
 
 
-@functools.cache
-def _known(kind: str) -> tuple[str, ...]:
-    from moe.config import GATES, STEMS  # lazily: importing moe pulls torch
-
-    return {"stems": STEMS, "gates": GATES}[kind]
+_KNOWN = {"stems": STEMS, "gates": GATES}
 
 
-@dataclass(frozen=True)
-class AdmissionPolicy:
-    """`[models]` in the owner's config. Bounds are infinity norms; None in a list: allow all."""
-
-    max_abs_weight: float = 1e4  # per parameter/buffer value, and 1/norm_std, |norm_mean|
-    max_activation: float = 1e15  # sound bound on |hidden state| at every stage
-    max_embedding: float = 1e6  # sound bound on |embedding| (the penultimate vector)
-    stems: tuple[str, ...] | None = None
-    gates: tuple[str, ...] | None = None
-    max_parameters: int | None = None
-    max_moe_layers: int | None = None
-    max_experts: int | None = None  # experts actually built per MoE layer (dense: 1)
-    input_bound: float | None = None  # None: max |x| of the owner's rows, see input_bound_of
-    probes: int = 64  # synthetic probe inputs run through the model
-
-    def __post_init__(self) -> None:
-        for name, cap in _CAPS.items():
-            v, is_int = getattr(self, name), name in _INTS
-            if v is None and name in _OPTIONAL:
-                continue
-            if is_int and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
-                raise ConfigError(f"models.{name}: must be an integer >= 1, got {v!r}")
-            if isinstance(v, bool) or not isinstance(v, int | float) or not 0 < v < math.inf:
-                raise ConfigError(f"models.{name}: must be a finite number > 0, got {v!r}")
-            if v > cap:
-                raise ConfigError(f"models.{name}: must be at most {cap:g}, got {v!r}")
-            object.__setattr__(self, name, v if is_int else float(v))
-        for name in ("stems", "gates"):
-            v = getattr(self, name)
-            if v is None:
-                continue
-            if not isinstance(v, list | tuple) or not v:
-                raise ConfigError(f"models.{name}: must be a non-empty list of names, got {v!r}")
-            for i, item in enumerate(v):
-                if item not in _known(name):
-                    raise ConfigError(
-                        f"models.{name}[{i}]: unknown {name[:-1]} {item!r}; "
-                        f"known: {', '.join(_known(name))}"
-                    )
-                if item in v[:i]:
-                    raise ConfigError(f"models.{name}[{i}]: {item!r} is listed twice")
-            object.__setattr__(self, name, tuple(v))
+# Each name once, every one known to the model code; None (no list): allow all.
+Names = Annotated[tuple[Str, ...], Field(min_length=1)]
 
 
-def parse_admission(table: Mapping[str, Any]) -> AdmissionPolicy:
+class AdmissionPolicy(ConfigModel):
+    """`[models]` in the owner's config. Bounds are infinity norms; None in a list: allow all.
+
+    Each bound has a cap. max_activation: float32 LayerNorm squares deviations up to 2|h| and
+    sums <= 8192 of them, so |h| <= 1e17 keeps that sum below float32's 3.4e38."""
+
+    # per parameter/buffer value, and 1/norm_std, |norm_mean|
+    max_abs_weight: Float = Field(1e4, gt=0, le=1e12)
+    max_activation: Float = Field(1e15, gt=0, le=1e17)  # sound bound on |hidden state|
+    max_embedding: Float = Field(1e6, gt=0, le=1e17)  # sound bound on |penultimate vector|
+    stems: Names | None = None
+    gates: Names | None = None
+    max_parameters: Int | None = Field(None, ge=1, le=10**9)
+    max_moe_layers: Int | None = Field(None, ge=1, le=1000)
+    # experts actually built per MoE layer (dense: 1)
+    max_experts: Int | None = Field(None, ge=1, le=100_000)
+    # None: max |x| of the owner's rows, see input_bound_of
+    input_bound: Float | None = Field(None, gt=0, le=1e15)
+    probes: Int = Field(64, ge=1, le=4096)  # synthetic probe inputs run through the model
+
+    @field_validator("stems", "gates")
+    @classmethod
+    def _known_names(cls, names: tuple[str, ...] | None, info: ValidationInfo) -> Any:
+        kind = str(info.field_name)
+        for i, item in enumerate(names or ()):
+            if item not in _KNOWN[kind]:
+                raise FieldProblem(
+                    (i,), f"unknown {kind[:-1]} {item!r}; known: {', '.join(_KNOWN[kind])}"
+                )
+            if item in names[:i]:
+                raise FieldProblem((i,), f"{item!r} is listed twice")
+        return names
+
+
+class _ModelsTable(ConfigModel):
+    models: AdmissionPolicy
+
+
+def parse_admission(table: Any) -> AdmissionPolicy:
     """The policy from the TOML table `[models]`; every problem raises ConfigError naming it."""
-    if not isinstance(table, Mapping):
-        raise ConfigError("models: must be a table")
-    known = sorted(f.name for f in fields(AdmissionPolicy))
-    for key in table:
-        if key not in known:
-            raise ConfigError(f"models.{key}: unknown setting; known: {', '.join(known)}")
-    return AdmissionPolicy(**table)
+    return parse(_ModelsTable, {"models": table}).models
 
 
 def input_bound_of(features: np.ndarray) -> float:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import grpc
 
-from owner_node.config import TrainerConfig
+from owner_node.config import TrainerGrant
 from owner_node.errors import PermissionDenied, Unauthenticated
 
 
@@ -24,7 +24,7 @@ class Caller:
 
 
 class Authenticator:
-    def __init__(self, trainers: Iterable[TrainerConfig], mutual_tls: bool = False):
+    def __init__(self, trainers: Iterable[TrainerGrant], mutual_tls: bool = False):
         self._mutual = mutual_tls
         # Digests have one length, so compare_digest's time does not leak token lengths.
         self._tokens = [

@@ -14,11 +14,11 @@ from dataclasses import dataclass
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from mycroft.config_base import load
 from mycroft.errors import ConfigError
-from mycroft.files import read_toml
 from owner_node import rpc
-from owner_node.config import OwnerConfig, OwnerSection
-from owner_node.config_fields import _listen_addresses, _table, split_address
+from owner_node.config import OwnerConfig, ProbeConfig
+from owner_node.config_fields import split_address
 from owner_node.watchdog import Watchdog
 
 HEALTH_THREADS = 4
@@ -86,12 +86,8 @@ class ProbeTarget:
 def load_probe_target(path: str | os.PathLike[str]) -> ProbeTarget:
     """Only [owner].listen/health_listen and [tls] of an owner config: a probe needs no
     trainer secrets, data or state, so their env vars and files need not exist where it runs."""
-    raw = read_toml(path)
-    listen, health_listen = _listen_addresses(
-        _table(raw, "owner", required=True), OwnerSection.listen
-    )
-    _table(raw, "tls")  # must be a table when present
-    return ProbeTarget(listen, health_listen, tls="tls" in raw)
+    cfg = load(ProbeConfig, path)
+    return ProbeTarget(cfg.owner.listen, cfg.owner.health_listen, tls=cfg.tls is not None)
 
 
 def probe_address(config: OwnerConfig) -> str:

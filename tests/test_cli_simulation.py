@@ -129,6 +129,15 @@ def prepared(tmp_path):
     return prepare(scenario, tmp_path / "run", seed=0)
 
 
+def test_a_local_run_validates_the_trainer_config_without_a_file(tmp_path):
+    scenario = parse_scenario(__import__("tomllib").loads(TINY_SCENARIO), name="tiny")
+    plan = prepare(scenario, tmp_path / "run", seed=0, write_trainer=False)
+    assert plan.trainer_config is None and not (plan.run_dir / "trainer.toml").exists()
+    assert [o.name for o in plan.trainer.owners] == ["relevant", "noisy", "irrelevant"]
+    assert plan.trainer.run_id == "tiny-seed0"
+    assert all(o.config.stat().st_mode & 0o777 == 0o600 for o in plan.owners)  # tokens
+
+
 def test_the_same_commands_run_as_plain_processes(prepared):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     owners = [

@@ -3,7 +3,8 @@
 A misspelt method used to be sent to every owner, refused there, and mentioned only deep in
 report.json while the run exited 0. The names are checked against the strategies this install
 registers (built-ins plus `mycroft.selection` plugins), so a plugin method must be installed
-where the trainer runs too.
+where the trainer runs too. Problems are `FieldProblem`s located relative to the field being
+validated, so the config layer prefixes them (`selection.methods[1]: ...`).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import difflib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from mycroft.errors import ConfigError
+from mycroft.config_base import FieldProblem
 
 
 def known_methods() -> list[str]:
@@ -27,51 +28,46 @@ def _did_you_mean(name: str, known: Sequence[str]) -> str:
     return f"({hint}known: {', '.join(known)})"
 
 
-def check_methods(methods: Sequence[str], where: str = "selection.methods") -> None:
-    """ConfigError naming `selection.methods[i]` for the first name no strategy answers to."""
+def check_methods(methods: Sequence[str]) -> None:
+    """FieldProblem at index i of the methods list for the first name no strategy answers to."""
     known = known_methods()
     for i, method in enumerate(methods):
         if method not in known:
-            raise ConfigError(
-                f"{where}[{i}]: unknown method {method!r} {_did_you_mean(method, known)}"
-            )
+            problem = f"unknown method {method!r} {_did_you_mean(method, known)}"
+            raise FieldProblem((i,), problem)
 
 
-def check_rank_method(method: Any, methods: Sequence[str], full_method: str) -> None:
-    """`selection.rank_by.method` must be one of the listed, rankable methods."""
-    where = "selection.rank_by.method"
-    if not isinstance(method, str):
-        raise ConfigError(f"{where}: required, one of selection.methods")
+def check_rank_method(method: str, methods: Sequence[str], full_method: str) -> None:
+    """`rank_by.method` (relative to the selection section) must be a listed, rankable method."""
+    where = ("rank_by", "method")
     if method == full_method:
-        raise ConfigError(f"{where}: {full_method!r} is the evaluation ceiling, not ranked")
+        raise FieldProblem(where, f"{full_method!r} is the evaluation ceiling, not ranked")
     if method not in methods:
         listed = [m for m in methods if m != full_method]
-        raise ConfigError(
-            f"{where}: {method!r} is not in selection.methods {_did_you_mean(method, listed)}"
-        )
+        problem = f"{method!r} is not in selection.methods {_did_you_mean(method, listed)}"
+        raise FieldProblem(where, problem)
 
 
 def parse_params(table: Mapping[str, Any], methods: Sequence[str]) -> dict[str, dict[str, float]]:
     """`[selection.params.<method>]` tables: the method must be listed and every key must be a
-    parameter the strategy declares, in its range (the owner would refuse it otherwise)."""
+    parameter the strategy declares, in its range (the owner would refuse it otherwise).
+    Problems are located relative to the params table (`<method>.<key>`)."""
     from selection.base import wire_params
     from selection.params import ParamError
 
     params: dict[str, dict[str, float]] = {}
     for method, values in table.items():
-        where = f"selection.params.{method}"
         if method not in methods:
-            raise ConfigError(
-                f"{where}: not a method in selection.methods {_did_you_mean(method, methods)}"
-            )
+            problem = f"not a method in selection.methods {_did_you_mean(method, methods)}"
+            raise FieldProblem((method,), problem)
         if not isinstance(values, dict):
-            raise ConfigError(f"{where}: must be a table")
+            raise FieldProblem((method,), "must be a table")
         for key, value in values.items():
             if isinstance(value, bool) or not isinstance(value, int | float):
-                raise ConfigError(f"{where}.{key}: must be a number")
+                raise FieldProblem((method, key), "must be a number")
         try:
             wire_params(method, values)
         except ParamError as err:
-            raise ConfigError(f"{where}.{err.name}: {err.message}") from None
+            raise FieldProblem((method, err.name), err.message) from None
         params[method] = {k: float(v) for k, v in values.items()}
     return params
