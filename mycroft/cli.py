@@ -24,7 +24,7 @@ def _owner_serve(args: argparse.Namespace) -> int:
 
 
 def _owner_inspect(args: argparse.Namespace) -> int:
-    from owner_node.inspect import inspect_ledger
+    from owner_node.ledger_report import inspect_ledger
 
     return inspect_ledger(args.config, trainer=args.trainer, as_json=args.json)
 

@@ -1,5 +1,8 @@
 """Tensors on the wire: dtype + shape + raw little-endian bytes. Never pickles.
 
+This is the byte-level codec: tensors and the rows chunks of a Select stream, both ways.
+Every other message <-> dataclass conversion is in `mycroft.serde`.
+
 `decode` validates everything a hostile peer could get wrong (unknown dtype, negative or
 huge shape, byte count that does not match) and raises InvalidRequest naming the field.
 """
@@ -12,16 +15,15 @@ from collections.abc import Iterator
 import numpy as np
 
 from mycroft.errors import InvalidRequest
+from mycroft.protocol import CHUNK_BYTES, DEFAULT_MAX_REQUEST_BYTES
 from mycroft.v1 import owner_pb2 as pb
 
 # Only plain numeric dtypes cross the wire; object or structured dtypes could smuggle code.
 ALLOWED_DTYPES = frozenset(
     {"float16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8", "bool"}
 )
-DEFAULT_MAX_BYTES = 64 * 1024 * 1024
 MAX_NDIM = 8
 MAX_DIM = 1 << 31  # an empty tensor of shape [0, 2**62] holds no bytes but breaks numpy
-CHUNK_BYTES = 1024 * 1024  # well below gRPC's 4 MiB default message limit
 
 
 def encode(array: np.ndarray) -> pb.Tensor:
@@ -100,7 +102,7 @@ def decode(
     *,
     dtype: str | None = None,
     ndim: int | None = None,
-    max_bytes: int = DEFAULT_MAX_BYTES,
+    max_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
     finite: bool = False,
 ) -> np.ndarray:
     """The array in `tensor`, or InvalidRequest naming `field` and what is wrong."""
@@ -133,6 +135,19 @@ def decode(
     if finite and array.dtype.kind == "f" and not np.isfinite(array).all():
         raise InvalidRequest(field, "contains NaN or infinity")
     return array
+
+
+def decode_rows_chunk(
+    rows: pb.RowsChunk, max_bytes: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(features, labels, row_ids, scores) of one chunk, each checked like `decode`; `max_bytes`
+    bounds the features. Whether the columns agree in length is the caller's to check."""
+    return (
+        decode(rows.features, "rows.features", dtype="float32", max_bytes=max_bytes),
+        decode(rows.labels, "rows.labels", dtype="int64", ndim=1),
+        decode(rows.row_ids, "rows.row_ids", dtype="int64", ndim=1),
+        decode(rows.scores, "rows.scores", dtype="float32", ndim=1),
+    )
 
 
 def row_chunks(n_rows: int, bytes_per_row: int, chunk_bytes: int = CHUNK_BYTES) -> Iterator[slice]:

@@ -19,18 +19,18 @@ from __future__ import annotations
 import logging
 import time
 from concurrent.futures import Future
-from dataclasses import dataclass
 
 import numpy as np
 
 from mycroft.data.base import LabeledData
 from mycroft.errors import ConfigError, InvalidRequest
+from mycroft.messages import OwnerInfo
 from owner_node.config import OwnerConfig, SelectionSection
 from owner_node.errors import SelectionFailed
 from owner_node.limits import Place
 from owner_node.models import LoadedModel, ModelStore, check_sha
-from owner_node.requests import SelectJob
 from owner_node.scheduler import FairScheduler
+from owner_node.select_request import SelectJob
 from selection.base import (
     Candidates,
     HardSet,
@@ -43,18 +43,6 @@ from selection.base import (
 from selection.params import ParamError
 
 log = logging.getLogger("owner_node.engine")
-PROTOCOL_VERSION = "mycroft.v1"
-
-
-@dataclass(frozen=True)
-class OwnerInfo:
-    name: str
-    class_names: tuple[str, ...]
-    row_count: int
-    input_shape: tuple[int, ...]
-    feature_names: tuple[str, ...]
-    methods: tuple[str, ...]
-    class_counts: tuple[int, ...]  # empty when the owner hides them
 
 
 def load_data(config: OwnerConfig) -> LabeledData:
@@ -120,9 +108,10 @@ class Engine:
         )
 
     def info(self) -> OwnerInfo:
+        """The owner's public facts (Describe adds the caller's id and allowance)."""
         hide = self.config.selection.hide_class_counts
         return OwnerInfo(
-            name=self.config.owner.name,
+            owner_name=self.config.owner.name,
             class_names=tuple(self.data.class_names),
             row_count=len(self.data),
             input_shape=tuple(self.data.input_shape),
@@ -282,7 +271,7 @@ class Engine:
             hard.embeddings = self.models.embed(loaded, job.raw_features)
             timings["embed_hard"] = time.perf_counter() - t
             if strategy.needs_gradients:
-                from selection.gradients import last_layer_gradients
+                from selection.last_layer_grads import last_layer_gradients
 
                 t = time.perf_counter()
                 hard.gradients = last_layer_gradients(hard.embeddings, job.labels, loaded.head)

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from mycroft.messages import Allowance, LedgerEntry
 from owner_node.config import DEFAULT_QUERIES
 from owner_node.errors import (
     BudgetExhausted,
@@ -37,9 +38,7 @@ from owner_node.errors import (
 )
 from owner_node.ledger_db import (
     AuditRecord,
-    BudgetState,
     ChargeResult,
-    LedgerEntry,
     PastRequest,
     QueryGrant,
     QueryRecord,
@@ -51,10 +50,8 @@ from owner_node.ledger_db import (
 
 __all__ = [
     "AuditRecord",
-    "BudgetState",
     "ChargeResult",
     "Ledger",
-    "LedgerEntry",
     "QueryGrant",
     "QueryRecord",
     "request_fingerprint",
@@ -110,7 +107,8 @@ class Ledger:
                     ),
                 )
 
-    def budget(self, trainer: str) -> BudgetState:
+    def budget(self, trainer: str) -> Allowance:
+        """`trainer`'s lifetime allowance: distinct rows and queries, used and left."""
         with self._lock:
             return self._budget(trainer)
 
@@ -295,23 +293,21 @@ class Ledger:
 
     def query_log(self, trainer: str) -> list[QueryRecord]:
         """The trainer's charged queries, oldest first."""
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT request_id, kind, method, ts FROM queries WHERE trainer = ? "
-                "ORDER BY ts, rowid",
-                (trainer,),
-            ).fetchall()
+        rows = self._oldest_first("request_id, kind, method, ts FROM queries", trainer)
         return [QueryRecord(r[0], r[1], r[2], float(r[3])) for r in rows]
 
     def entries(self, trainer: str) -> list[LedgerEntry]:
         """The trainer's requests, oldest first."""
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT request_id, method, length(row_ids) / 8, new_rows, ts FROM requests "
-                "WHERE trainer = ? ORDER BY ts, rowid",
-                (trainer,),
-            ).fetchall()
+        columns = "request_id, method, length(row_ids) / 8, new_rows, ts FROM requests"
+        rows = self._oldest_first(columns, trainer)
         return [LedgerEntry(r[0], r[1], int(r[2]), int(r[3]), float(r[4])) for r in rows]
+
+    def _oldest_first(self, columns_from: str, trainer: str) -> list[tuple[Any, ...]]:
+        """`SELECT columns_from` for `trainer`, oldest first (rowid orders equal timestamps)."""
+        with self._lock:
+            return self._db.execute(
+                f"SELECT {columns_from} WHERE trainer = ? ORDER BY ts, rowid", (trainer,)
+            ).fetchall()
 
     def audit(self, trainer: str) -> list[AuditRecord]:
         """Every row sent to `trainer` (including re-sends), in the order sent.
@@ -352,7 +348,7 @@ class Ledger:
     def _tx(self) -> Transaction:
         return Transaction(self._db, self._lock)
 
-    def _budget(self, trainer: str) -> BudgetState:
+    def _budget(self, trainer: str) -> Allowance:
         row = self._db.execute(
             "SELECT t.cap, coalesce(u.used, 0), t.queries, coalesce(q.used, 0) FROM trainers AS t "
             "LEFT JOIN usage AS u ON u.trainer = t.trainer "
@@ -361,8 +357,7 @@ class Ledger:
         ).fetchone()
         if row is None:
             raise UnknownTrainer(f"trainer {trainer!r} is not configured")
-        cap, used, queries, queries_used = (int(v) for v in row)
-        return BudgetState(cap, used, max(0, cap - used), queries, queries_used)
+        return Allowance.counted(*(int(v) for v in row))
 
     def _already_revealed(self, trainer: str, ids: np.ndarray) -> np.ndarray:
         """Mask over `ids`: True where the row was revealed to `trainer` before (one query)."""

@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from mycroft.messages import Allowance
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS trainers (
     trainer TEXT PRIMARY KEY,
@@ -123,26 +125,13 @@ class Transaction:
 
 
 @dataclass(frozen=True)
-class BudgetState:
-    cap: int
-    used: int
-    left: int
-    queries: int = 0  # query allowance: Selects and warm-ups that compute over the owner's rows
-    queries_used: int = 0
-
-    @property
-    def queries_left(self) -> int:
-        return max(0, self.queries - self.queries_used)
-
-
-@dataclass(frozen=True)
 class QueryGrant:
     """One charged query: the rows it may reveal are reserved until `Ledger.end_query`."""
 
     trainer: str
     request_id: str
     rows: int  # rows this query may return: min(asked, left minus other queries' reservations)
-    budget: BudgetState  # after the query was charged
+    budget: Allowance  # after the query was charged
 
 
 @dataclass(frozen=True)
@@ -152,17 +141,8 @@ class ChargeResult:
     new_rows: int  # rows this trainer had not seen before (0 on replay)
     cut: int  # new rows dropped because the cap was reached
     replayed: bool
-    budget: BudgetState  # after the charge
+    budget: Allowance  # after the charge
     note: dict[str, Any] = field(default_factory=dict)  # as given to charge(), for replays
-
-
-@dataclass(frozen=True)
-class LedgerEntry:
-    request_id: str
-    method: str
-    rows: int
-    new_rows: int
-    timestamp: float
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,6 @@ import sys
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2
@@ -45,11 +44,11 @@ SERVICE_NAME = pb.DESCRIPTOR.services_by_name["DataOwner"].full_name  # "mycroft
 NO_PORT_SHARING = ("grpc.so_reuseport", 0)
 
 
-class OwnerServer(grpc.Server):
-    """A grpc.Server that also owns the engine and ledger and closes them when it stops.
+class OwnerServer:
+    """A running owner: the gRPC server(s) it holds, with the engine and ledger it closes.
 
-    It delegates every gRPC call to the real server; `stop(grace)` marks health NOT_SERVING,
-    lets in-flight calls finish within `grace`, then shuts the worker pool and the ledger.
+    `stop(grace)` marks health NOT_SERVING, lets in-flight calls finish within `grace`, then
+    shuts the worker pool and the ledger. Handlers and ports are added in `build_server`.
     """
 
     def __init__(
@@ -73,28 +72,17 @@ class OwnerServer(grpc.Server):
         self._stop_lock = threading.Lock()
         self._stopping = False
 
-    # --- grpc.Server interface, delegated ---
-    def add_generic_rpc_handlers(self, generic_rpc_handlers: Any) -> None:
-        self._server.add_generic_rpc_handlers(generic_rpc_handlers)
-
-    def add_registered_method_handlers(self, service_name: str, method_handlers: Any) -> None:
-        self._server.add_registered_method_handlers(service_name, method_handlers)
-
-    def add_insecure_port(self, address: str) -> int:
-        return self._server.add_insecure_port(address)
-
-    def add_secure_port(self, address: str, server_credentials: grpc.ServerCredentials) -> int:
-        return self._server.add_secure_port(address, server_credentials)
-
     def start(self) -> None:
         self._server.start()
         if self._health_server is not None:
             self._health_server.start()
 
     def wait_for_termination(self, timeout: float | None = None) -> bool:
+        """Like grpc.Server's: True when `timeout` passed before the owner closed."""
         return self._closed.wait(timeout) is False
 
     def stop(self, grace: float | None) -> threading.Event:
+        """Begin a graceful stop (once); the event is set when everything is closed."""
         with self._stop_lock:
             if self._stopping:
                 return self._closed
@@ -296,7 +284,7 @@ def serve(config: OwnerConfig, data: LabeledData | None = None) -> OwnerServer:
     info = server.engine.info()
     log.info(
         "owner %r serving %d rows (%d classes) on port %d%s; methods: %s; trainers: %s",
-        info.name,
+        info.owner_name,
         info.row_count,
         len(info.class_names),
         port,

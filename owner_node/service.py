@@ -6,6 +6,7 @@ anything unexpected becomes INTERNAL with a short message, never a traceback.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -14,17 +15,18 @@ from collections.abc import Iterable, Iterator
 import grpc
 import numpy as np
 
-from mycroft import wire
+from mycroft import serde, wire
 from mycroft.errors import InvalidRequest
+from mycroft.messages import LedgerInfo, ModelStatusInfo, SelectSummaryInfo
 from mycroft.v1 import owner_pb2 as pb
 from mycroft.v1 import owner_pb2_grpc as pb_grpc
 from owner_node import errors, rpc
 from owner_node.auth import Authenticator, Caller
-from owner_node.engine import PROTOCOL_VERSION, Engine
-from owner_node.ledger import BudgetState, ChargeResult, Ledger, QueryGrant
+from owner_node.engine import Engine
+from owner_node.ledger import ChargeResult, Ledger, QueryGrant
 from owner_node.limits import Limiter, Place
 from owner_node.models import LoadedModel, Upload, check_sha
-from owner_node.requests import SelectJob, parse_select
+from owner_node.select_request import SelectJob, parse_select
 from owner_node.watchdog import Watchdog
 from selection.base import SelectionResult
 
@@ -50,27 +52,18 @@ class OwnerServicer(pb_grpc.DataOwnerServicer):
 
     @rpc.unary
     def Describe(self, request: pb.DescribeRequest, context) -> pb.DescribeResponse:
-        caller = self.auth.identify(context)
-        info = self.engine.info()
-        return pb.DescribeResponse(
-            protocol_version=PROTOCOL_VERSION,
-            owner_name=info.name,
-            class_names=info.class_names,
-            row_count=info.row_count,
-            input_shape=info.input_shape,
-            feature_names=info.feature_names,
-            methods=info.methods,
-            class_counts=info.class_counts,
-            trainer_id=caller.trainer_id,
-            budget=_budget(self.ledger.budget(caller.trainer_id)),
+        trainer = self.auth.identify(context).trainer_id
+        info = dataclasses.replace(
+            self.engine.info(), trainer_id=trainer, budget=self.ledger.budget(trainer)
         )
+        return serde.owner_info_to_proto(info)
 
     @rpc.unary
     def HasModel(self, request: pb.ModelRef, context) -> pb.ModelStatus:
         caller = self.auth.identify(context)
         sha = check_sha(request.sha256)
         size = self.engine.models.size(caller.trainer_id, sha)
-        return pb.ModelStatus(sha256=sha, present=size is not None, size=size or 0)
+        return serde.model_status_to_proto(ModelStatusInfo(sha, size is not None, size or 0))
 
     @rpc.unary
     def UploadModel(self, request_iterator: Iterable[pb.ModelChunk], context) -> pb.ModelStatus:
@@ -99,7 +92,7 @@ class OwnerServicer(pb_grpc.DataOwnerServicer):
                 if place is not None:
                     place.release()
         log.info("upload trainer=%s model=%s bytes=%d", trainer, upload.sha[:12], upload.total_size)
-        return pb.ModelStatus(sha256=upload.sha, present=True, size=upload.total_size)
+        return serde.model_status_to_proto(ModelStatusInfo(upload.sha, True, upload.total_size))
 
     def _receive_watched(
         self, trainer: str, request_iterator: Iterable[pb.ModelChunk], context
@@ -141,24 +134,12 @@ class OwnerServicer(pb_grpc.DataOwnerServicer):
 
     @rpc.unary
     def GetLedger(self, request: pb.LedgerRequest, context) -> pb.LedgerResponse:
-        caller = self.auth.identify(context)
-        if request.trainer_id and request.trainer_id != caller.trainer_id:
+        trainer = self.auth.identify(context).trainer_id
+        if request.trainer_id and request.trainer_id != trainer:
             raise errors.PermissionDenied("a trainer may read only its own ledger")
-        entries = self.ledger.entries(caller.trainer_id)
-        return pb.LedgerResponse(
-            trainer_id=caller.trainer_id,
-            budget=_budget(self.ledger.budget(caller.trainer_id)),
-            entries=[
-                pb.LedgerEntry(
-                    request_id=e.request_id,
-                    method=e.method,
-                    rows=e.rows,
-                    new_rows=e.new_rows,
-                    timestamp=e.timestamp,
-                )
-                for e in entries
-            ],
-        )
+        entries = tuple(self.ledger.entries(trainer))
+        ledger = LedgerInfo(trainer, self.ledger.budget(trainer), entries)
+        return serde.ledger_to_proto(ledger)
 
     def Select(self, request: pb.SelectRequest, context) -> Iterator[bytes]:
         """Streams serialized SelectChunk messages (see `rpc.pre_encoded`).
@@ -214,7 +195,7 @@ class OwnerServicer(pb_grpc.DataOwnerServicer):
         key = (trainer, job.request_id)
         while True:
             replay = self.ledger.replay(
-                trainer, job.request_id, job.method, job.budget, job.fingerprint
+                trainer, job.request_id, job.method, job.rows_wanted, job.fingerprint
             )
             if replay is not None:
                 return replay, None
@@ -237,7 +218,7 @@ class OwnerServicer(pb_grpc.DataOwnerServicer):
     ) -> tuple[ChargeResult | None, SelectionResult | None]:
         strategy, loaded = self.engine.check(job, trainer)
         grant = self.ledger.begin_query(
-            trainer, job.request_id, kind="select", method=job.method, rows=job.budget
+            trainer, job.request_id, kind="select", method=job.method, rows=job.rows_wanted
         )
         try:
             future = self.engine.start(place, job, strategy, loaded, grant.rows)
@@ -262,11 +243,11 @@ class OwnerServicer(pb_grpc.DataOwnerServicer):
             job.method,
             result.row_ids,
             result.scores,
-            budget=job.budget,
+            budget=job.rows_wanted,
             fingerprint=job.fingerprint,
             note={
                 "missing_classes": [int(c) for c in result.missing_classes],
-                "shortfall_reason": _shortfall(result, job.budget, grant),
+                "shortfall_reason": _shortfall(result, job.rows_wanted, grant),
             },
         )
         result.timings["charge"] = time.perf_counter() - t
@@ -289,28 +270,27 @@ class OwnerServicer(pb_grpc.DataOwnerServicer):
         note = charge.note
         # Only the total: per-step times (index build, OMP steps) depend on the owner's rows in
         # ways the trainer did not pay for; they stay in the owner's log.
-        yield pb.SelectChunk(
-            summary=pb.SelectSummary(
-                request_id=job.request_id,
-                rows_sent=len(charge.row_ids),
-                new_rows_charged=charge.new_rows,
-                replayed=charge.replayed,
-                budget=_budget(charge.budget),
-                timings={"total": time.perf_counter() - started},
-                missing_classes=note.get("missing_classes", []),
-                shortfall_reason=note.get("shortfall_reason") or "",
-            )
-        ).SerializeToString()
+        summary = SelectSummaryInfo(
+            request_id=job.request_id,
+            rows_sent=len(charge.row_ids),
+            new_rows_charged=charge.new_rows,
+            replayed=charge.replayed,
+            budget=charge.budget,
+            timings={"total": time.perf_counter() - started},
+            missing_classes=tuple(note.get("missing_classes", [])),
+            shortfall_reason=note.get("shortfall_reason") or "",
+        )
+        yield pb.SelectChunk(summary=serde.summary_to_proto(summary)).SerializeToString()
 
 
-def _shortfall(result: SelectionResult, budget: int, grant: QueryGrant) -> str:
+def _shortfall(result: SelectionResult, rows_wanted: int, grant: QueryGrant) -> str:
     """Why fewer rows than asked. Only facts the trainer already has or was just given: its own
-    budget, and how many rows came back; nothing about rows that did not."""
-    if grant.rows < budget and len(result.row_ids) == grant.rows:
+    allowance, and how many rows came back; nothing about rows that did not."""
+    if grant.rows < rows_wanted and len(result.row_ids) == grant.rows:
         return f"budget cap: {grant.rows} of the trainer's rows were left for this request"
-    if len(result.row_ids) < min(budget, grant.rows):
+    if len(result.row_ids) < min(rows_wanted, grant.rows):
         return result.shortfall_reason or (
-            f"the method returned {len(result.row_ids)} of {budget} rows"
+            f"the method returned {len(result.row_ids)} of {rows_wanted} rows"
         )
     return ""
 
@@ -322,14 +302,3 @@ def _rounded(timings: dict[str, float]) -> dict[str, float]:
 def _printable(text: str) -> str:
     """Request ids go into log lines: no control characters from the network."""
     return "".join(c if c.isprintable() else "?" for c in text)
-
-
-def _budget(state: BudgetState) -> pb.Budget:
-    return pb.Budget(
-        cap=state.cap,
-        used=state.used,
-        left=state.left,
-        queries=state.queries,
-        queries_used=state.queries_used,
-        queries_left=state.queries_left,
-    )

@@ -16,21 +16,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from mycroft.messages import Allowance, EmbeddedHard, OwnerInfo, RawHard, SelectRequestSpec
+from mycroft.protocol import DEFAULT_MAX_REQUEST_ID_CHARS, PROTOCOL_VERSION
 from trainer_node.client import OwnerClient, OwnerError
 from trainer_node.config import FULL_METHOD, ClientSettings, OwnerEndpoint, SelectionSettings
-from trainer_node.messages import (
-    BudgetInfo,
-    EmbeddedHard,
-    OwnerInfo,
-    OwnerSubset,
-    RawHard,
-    SelectRequestSpec,
-)
+from trainer_node.messages import OwnerSubset
 
 log = logging.getLogger("mycroft.trainer.acquire")
 
-PROTOCOL_VERSION = "mycroft.v1"
-MAX_REQUEST_ID = 128  # the owner's default limit
 # After retries are spent on these, the owner is unreachable: stop asking it.
 _UNREACHABLE = frozenset({"UNAVAILABLE", "DEADLINE_EXCEEDED"})
 
@@ -65,7 +58,7 @@ class OwnerOutcome:
     info: OwnerInfo | None = None
     model_uploaded: bool | None = None
     requests: list[RequestOutcome] = field(default_factory=list)
-    budget: BudgetInfo | None = None  # after the run
+    budget: Allowance | None = None  # after the run
     error: str | None = None
     error_code: str | None = None
 
@@ -77,7 +70,7 @@ class OwnerOutcome:
 def request_id_for(run_id: str, owner: str, method: str, budget: int) -> str:
     """Stable per logical request: the same run id asks the same question under the same id."""
     rid = f"{run_id}.{owner}.{method}.b{budget}"
-    if len(rid) <= MAX_REQUEST_ID:
+    if len(rid) <= DEFAULT_MAX_REQUEST_ID_CHARS:
         return rid
     digest = hashlib.sha256(rid.encode()).hexdigest()[:32]
     return f"{run_id[:64]}.{digest}"

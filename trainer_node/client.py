@@ -8,52 +8,32 @@ network is unpickled: tensors arrive as dtype + shape + bytes and are validated 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import time
-from collections.abc import Callable, Iterator
-from typing import TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import grpc
 import numpy as np
+from google.protobuf.message import Message
 
-from mycroft import wire
+from mycroft import serde, wire
 from mycroft.errors import InvalidRequest, MycroftError
+from mycroft.messages import LedgerInfo, ModelStatusInfo, OwnerInfo, SelectRequestSpec
+from mycroft.protocol import CHUNK_BYTES
 from mycroft.v1 import owner_pb2 as pb
 from mycroft.v1 import owner_pb2_grpc as pb_grpc
 from trainer_node.config import ClientSettings, OwnerEndpoint
-from trainer_node.messages import (
-    BudgetInfo,
-    EmbeddedHard,
-    LedgerEntryInfo,
-    LedgerInfo,
-    ModelStatusInfo,
-    OwnerInfo,
-    OwnerSubset,
-    RawHard,
-    SelectRequestSpec,
-    SelectSummaryInfo,
-)
+from trainer_node.messages import OwnerSubset
 
-__all__ = [  # the client's public surface, message types included
-    "BudgetInfo",
-    "EmbeddedHard",
-    "LedgerEntryInfo",
-    "LedgerInfo",
-    "ModelStatusInfo",
-    "OwnerClient",
-    "OwnerError",
-    "OwnerInfo",
-    "OwnerSubset",
-    "RawHard",
-    "SelectRequestSpec",
-    "SelectSummaryInfo",
-    "make_channel",
-]
+__all__ = ["OwnerClient", "OwnerError", "make_channel"]  # message types: mycroft.messages
 
 log = logging.getLogger("mycroft.trainer.client")
 
-UPLOAD_CHUNK_BYTES = 1024 * 1024
+# The trainer's own channel ceiling, not the owner's limit (mycroft.protocol): the largest
+# message it sends is a Select's D_hard, and it receives rows in CHUNK_BYTES chunks.
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 MAX_SUBSET_BYTES = 1024 * 1024 * 1024  # sanity cap on one decoded tensor from an owner
 RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
@@ -163,34 +143,27 @@ class OwnerClient:
 
     # ------------------------------------------------------------ calls
 
+    def _unary(self, method: str, request: Message | Callable[[], Any]) -> Any:
+        """The stub's `method` with retries. A callable `request` is called per attempt (a
+        stream's generator must restart from its first message on a retry)."""
+        call = getattr(self.stub, method)
+
+        def once(timeout: float) -> Any:
+            sent = request() if callable(request) else request
+            return call(sent, timeout=timeout, metadata=self._metadata)
+
+        return self._call(method, once)
+
     def describe(self) -> OwnerInfo:
-        r = self._call(
-            "Describe",
-            lambda t: self.stub.Describe(pb.DescribeRequest(), timeout=t, metadata=self._metadata),
-        )
-        return OwnerInfo(
-            protocol_version=r.protocol_version,
-            owner_name=r.owner_name,
-            class_names=tuple(r.class_names),
-            row_count=int(r.row_count),
-            input_shape=tuple(int(s) for s in r.input_shape),
-            feature_names=tuple(r.feature_names),
-            methods=tuple(r.methods),
-            class_counts=tuple(int(c) for c in r.class_counts),
-            trainer_id=r.trainer_id,
-            budget=BudgetInfo.from_pb(r.budget),
-        )
+        return serde.owner_info_from_proto(self._unary("Describe", pb.DescribeRequest()))
 
     def has_model(self, sha256: str) -> ModelStatusInfo:
-        r = self._call(
-            "HasModel",
-            lambda t: self.stub.HasModel(
-                pb.ModelRef(sha256=sha256), timeout=t, metadata=self._metadata
-            ),
-        )
-        return ModelStatusInfo(r.sha256, bool(r.present), int(r.size))
+        reply = self._unary("HasModel", pb.ModelRef(sha256=sha256))
+        return serde.model_status_from_proto(reply)
 
-    def ensure_model(self, model_bytes: bytes, chunk_bytes: int = UPLOAD_CHUNK_BYTES):
+    def ensure_model(
+        self, model_bytes: bytes, chunk_bytes: int = CHUNK_BYTES
+    ) -> tuple[ModelStatusInfo, bool]:
         """Upload the model unless the owner already has it. Returns (status, uploaded)."""
         sha = hashlib.sha256(model_bytes).hexdigest()
         status = self.has_model(sha)
@@ -198,26 +171,16 @@ class OwnerClient:
             log.info("owner=%s model %s already present", self.name, sha[:12])
             return status, False
 
-        def chunks() -> Iterator[pb.ModelChunk]:
-            # A fresh generator per attempt: a retried stream restarts from the first chunk.
-            for i, start in enumerate(range(0, max(1, len(model_bytes)), chunk_bytes)):
-                data = model_bytes[start : start + chunk_bytes]
-                if i == 0:
-                    yield pb.ModelChunk(sha256=sha, total_size=len(model_bytes), data=data)
-                else:
-                    yield pb.ModelChunk(data=data)
-
-        r = self._call(
-            "UploadModel",
-            lambda t: self.stub.UploadModel(chunks(), timeout=t, metadata=self._metadata),
+        reply = self._unary(
+            "UploadModel", lambda: serde.model_chunks(model_bytes, sha, chunk_bytes)
         )
-        if not r.present or r.sha256 != sha:
+        if not reply.present or reply.sha256 != sha:
             raise OwnerError(self.name, "PROTOCOL", f"upload of model {sha[:12]} not confirmed")
         log.info("owner=%s uploaded model %s (%d bytes)", self.name, sha[:12], len(model_bytes))
-        return ModelStatusInfo(r.sha256, True, int(r.size)), True
+        return serde.model_status_from_proto(reply), True
 
     def select(self, spec: SelectRequestSpec) -> OwnerSubset:
-        request = _select_request(spec)
+        request = serde.select_request_to_proto(spec)
         attempts = 0
 
         def once(timeout: float) -> OwnerSubset:
@@ -241,47 +204,11 @@ class OwnerClient:
         return result
 
     def ledger(self) -> LedgerInfo:
-        r = self._call(
-            "GetLedger",
-            lambda t: self.stub.GetLedger(pb.LedgerRequest(), timeout=t, metadata=self._metadata),
-        )
-        return LedgerInfo(
-            trainer_id=r.trainer_id,
-            budget=BudgetInfo.from_pb(r.budget),
-            entries=tuple(
-                LedgerEntryInfo(e.request_id, e.method, int(e.rows), int(e.new_rows), e.timestamp)
-                for e in r.entries
-            ),
-        )
+        return serde.ledger_from_proto(self._unary("GetLedger", pb.LedgerRequest()))
 
 
 def _since(start: float) -> float:
     return time.perf_counter() - start
-
-
-def _select_request(spec: SelectRequestSpec) -> pb.SelectRequest:
-    request = pb.SelectRequest(
-        request_id=spec.request_id,
-        method=spec.method,
-        budget=spec.budget,
-        model_sha256=spec.model_sha256,
-        seed=spec.seed,
-        params=dict(spec.params),
-    )
-    hard = spec.hard
-    if isinstance(hard, RawHard):
-        request.raw.CopyFrom(
-            pb.RawHardSet(features=wire.encode(hard.features), labels=wire.encode(hard.labels))
-        )
-    else:
-        request.embedded.CopyFrom(
-            pb.EmbeddedHardSet(
-                embeddings=wire.encode(hard.embeddings),
-                gradients=wire.encode(hard.gradients),
-                labels=wire.encode(hard.labels),
-            )
-        )
-    return request
 
 
 def _consume(stream, spec: SelectRequestSpec, owner: str) -> dict:
@@ -300,16 +227,11 @@ def _consume(stream, spec: SelectRequestSpec, owner: str) -> dict:
             if kind == "summary":
                 summary = chunk.summary
             elif kind == "rows":
-                rows = chunk.rows
-                feats = wire.decode(
-                    rows.features, "rows.features", dtype="float32", max_bytes=MAX_SUBSET_BYTES
+                feats, labels, row_ids, scores = wire.decode_rows_chunk(
+                    chunk.rows, MAX_SUBSET_BYTES
                 )
                 k = feats.shape[0] if feats.ndim else -1
-                cols = {
-                    "labels": wire.decode(rows.labels, "rows.labels", dtype="int64", ndim=1),
-                    "row_ids": wire.decode(rows.row_ids, "rows.row_ids", dtype="int64", ndim=1),
-                    "scores": wire.decode(rows.scores, "rows.scores", dtype="float32", ndim=1),
-                }
+                cols = {"labels": labels, "row_ids": row_ids, "scores": scores}
                 if any(len(v) != k for v in cols.values()):
                     raise bad("a rows chunk has columns of different lengths")
                 if parts["features"] and feats.shape[1:] != parts["features"][0].shape[1:]:
@@ -336,14 +258,6 @@ def _consume(stream, spec: SelectRequestSpec, owner: str) -> dict:
     }
     if len(np.unique(arrays["row_ids"])) != n:
         raise bad("duplicate row ids in the selection")
-    info = SelectSummaryInfo(
-        request_id=summary.request_id or spec.request_id,
-        rows_sent=int(summary.rows_sent),
-        new_rows_charged=int(summary.new_rows_charged),
-        replayed=bool(summary.replayed),
-        budget=BudgetInfo.from_pb(summary.budget),
-        timings={k: float(v) for k, v in summary.timings.items()},
-        missing_classes=tuple(int(c) for c in summary.missing_classes),
-        shortfall_reason=summary.shortfall_reason,
-    )
+    info = serde.summary_from_proto(summary)
+    info = dataclasses.replace(info, request_id=info.request_id or spec.request_id)
     return {**arrays, "summary": info}

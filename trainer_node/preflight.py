@@ -10,16 +10,15 @@ the owner in the run (acquisition decides), so pre-flight never drops an owner t
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from mycroft.errors import MycroftError
+from mycroft.messages import OwnerInfo
 from trainer_node.acquire import OwnerOutcome
 from trainer_node.client import OwnerClient, OwnerError
 from trainer_node.config import ClientSettings, OwnerEndpoint
-from trainer_node.messages import OwnerInfo
 
 PREFLIGHT_DEADLINE_SECONDS = 10.0
 # One retry at most: enough for a blip, while a blackholed address costs at most ~2 deadlines.
@@ -62,10 +61,10 @@ class OwnerCheck:
 
 
 def _describe(endpoint: OwnerEndpoint, settings: ClientSettings, make: MakeClient) -> OwnerCheck:
-    short = dataclasses.replace(
-        endpoint, deadline_seconds=min(endpoint.deadline_seconds, PREFLIGHT_DEADLINE_SECONDS)
-    )
-    quick = dataclasses.replace(settings, retries=min(settings.retries, PREFLIGHT_RETRIES))
+    # Config models are frozen pydantic models: copies with the shorter limits.
+    deadline = min(endpoint.deadline_seconds, PREFLIGHT_DEADLINE_SECONDS)
+    short = endpoint.model_copy(update={"deadline_seconds": deadline})
+    quick = settings.model_copy(update={"retries": min(settings.retries, PREFLIGHT_RETRIES)})
     try:
         with make(short, quick) as client:
             return OwnerCheck(endpoint, info=client.describe())

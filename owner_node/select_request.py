@@ -1,4 +1,7 @@
-"""Turning a wire SelectRequest into a plain, checked `SelectJob`.
+"""Checking a wire SelectRequest into a plain `SelectJob`, against the owner's limits.
+
+Unlike the plain conversions in `mycroft.serde`, this is the owner's input validation: the
+tensors are decoded (`mycroft.wire`) under the owner's size limits, field by field.
 
 This layer checks everything that does not need the owner's data or the model (sizes, dtypes,
 ranks, finiteness, bounds); the engine then checks the fit to the model. Every problem is an
@@ -29,7 +32,7 @@ class SelectJob:
 
     request_id: str
     method: str
-    budget: int
+    rows_wanted: int  # the request's `budget` field: rows for this one Select
     model_sha256: str
     labels: np.ndarray  # (M,) int64
     raw_features: np.ndarray | None = None  # raw mode: (M, *input_shape) float32
@@ -76,14 +79,7 @@ def parse_select(
             )
         labels = _labels(raw.labels, "hard_set.raw.labels", len(feats), mb)
         _finite(feats, "hard_set.raw.features")
-        job = SelectJob(
-            rid,
-            request.method,
-            int(request.budget),
-            request.model_sha256,
-            labels,
-            raw_features=feats,
-        )
+        hard: dict[str, np.ndarray | None] = {"raw_features": feats}
     else:
         emb_msg = request.embedded
 
@@ -119,15 +115,8 @@ def parse_select(
                 f"dim {emb.shape[1]} exceeds the limit of {limits.max_embed_dim}",
             )
         labels = _labels(emb_msg.labels, "hard_set.embedded.labels", n, mb)
-        job = SelectJob(
-            rid,
-            request.method,
-            int(request.budget),
-            request.model_sha256,
-            labels,
-            embeddings=emb,
-            gradients=grads,
-        )
+        hard = {"embeddings": emb, "gradients": grads}
+    job = SelectJob(rid, request.method, int(request.budget), request.model_sha256, labels, **hard)
     if len(job.labels) == 0:
         raise InvalidRequest(f"hard_set.{which}.labels", "D_hard is empty")
     if len(job.labels) > limits.max_hard_rows:

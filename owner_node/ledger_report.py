@@ -43,7 +43,7 @@ def ledger_view(config_path: str, trainer: str | None = None) -> list[dict[str, 
         return [
             {
                 "trainer": t,
-                "budget": _budget(ledger, t),
+                "budget": asdict(ledger.budget(t)),
                 "requests": [asdict(e) for e in ledger.entries(t)],
                 "queries": [asdict(q) for q in ledger.query_log(t)],
             }
@@ -51,11 +51,6 @@ def ledger_view(config_path: str, trainer: str | None = None) -> list[dict[str, 
         ]
     finally:
         ledger.close()
-
-
-def _budget(ledger: Ledger, trainer: str) -> dict[str, int]:
-    state = ledger.budget(trainer)
-    return {**asdict(state), "queries_left": state.queries_left}
 
 
 def inspect_ledger(config_path: str, trainer: str | None = None, as_json: bool = False) -> int:
