@@ -13,9 +13,10 @@ from typing import Any
 
 import numpy as np
 
+from moe import gates
+from moe.gates import DEFAULT_GATE, GATES, GateSpec
 from mycroft.errors import ConfigError
 
-GATES = ("topk", "sinkhorn", "hash", "comet", "dense")
 STEMS = ("conv", "mlp")
 
 # Bounds for configs read from files. Generous for this service's models, small enough that a
@@ -36,16 +37,15 @@ class ModelConfig:
     embed_dim: width of the penultimate vector (the head's input; used for feature matching and
         closed-form last-layer gradients).
     expert_hidden: hidden width of one expert MLP (stem_dim -> expert_hidden -> stem_dim).
-    gate: "topk" | "sinkhorn" | "hash" | "comet" | "dense". "dense" replaces the MoE layer by one
-        MLP of hidden width top_k * expert_hidden: the same active expert parameters per input as
-        a top-k MoE, up to the router and (top_k - 1) output biases.
+    gate: one of GATES, the modules in moe/gates/; the gate class says how the layer is built
+        (e.g. "dense" builds one expert of width top_k * expert_hidden instead of E experts).
     balance_alpha: Switch load-balancing loss weight (topk gate).
     z_loss_coef: router z-loss weight (topk gate).
     sinkhorn_iters: row/column normalisation rounds (sinkhorn gate).
     comet_gamma: width of the smooth-step's soft region (comet gate).
     comet_entropy_coef: weight of the per-tree leaf-entropy penalty (comet gate).
     local_search: learn a permutation of experts (Gumbel-Sinkhorn + Hungarian) for the first
-        local_search_steps training steps, then freeze it. Applies to any non-dense gate.
+        local_search_steps training steps, then freeze it. Applies to any sparse gate.
     norm_mean / norm_std: per channel (conv) or per feature (mlp); the model normalises raw
         inputs itself. None means identity.
     """
@@ -61,7 +61,7 @@ class ModelConfig:
     top_k: int = 2
     expert_hidden: int = 64
     num_moe_layers: int = 1
-    gate: str = "topk"
+    gate: str = DEFAULT_GATE
     balance_alpha: float = 0.01
     z_loss_coef: float = 1e-3
     sinkhorn_iters: int = 3
@@ -117,9 +117,13 @@ class ModelConfig:
         self.local_search = bool(self.local_search)
 
     @property
+    def gate_spec(self) -> GateSpec:
+        return gates.gate_spec(self.gate)
+
+    @property
     def effective_experts(self) -> int:
-        """Experts actually built: the dense baseline has a single (wider) one."""
-        return 1 if self.gate == "dense" else self.num_experts
+        """Experts actually built (a non-sparse gate's layer has a single, wider one)."""
+        return self.gate_spec.experts(self)
 
     @property
     def norm_size(self) -> int:
@@ -209,3 +213,21 @@ class ModelConfig:
             raise
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"model config: {exc}") from exc
+
+
+@dataclass
+class TrainConfig:
+    """How `moe.train.train` and `finetune` optimise; here so config checks need no torch."""
+
+    epochs: int = 5
+    batch_size: int = 128
+    lr: float = 3e-3
+    weight_decay: float = 1e-4
+    seed: int = 0
+    warmup_fraction: float = 0.05
+    warmup_steps: int | None = None  # overrides warmup_fraction when set
+    min_lr_fraction: float = 0.02  # cosine decays to lr * min_lr_fraction
+    grad_clip: float | None = 1.0
+    label_smoothing: float = 0.0
+    max_steps: int | None = None  # cap on optimiser steps (tests, quick runs)
+    num_threads: int | None = None  # torch intra-op threads; None: auto_threads(model)

@@ -21,6 +21,7 @@ from safetensors.torch import load as st_load
 from moe.config import ModelConfig
 from moe.model import MoEClassifier
 from mycroft.errors import ConfigError, ModelFileError
+from mycroft.files import write_atomic
 
 FORMAT = "mycroft-moe"
 FORMAT_VERSION = 1
@@ -70,9 +71,9 @@ def save_model(model: MoEClassifier, path: str | Path, write_json: bool = True) 
     """Write `path` (.safetensors); with write_json also path.with_suffix('.json') for humans."""
     path = Path(path)
     data = model_to_bytes(model)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)  # atomic: a reader never sees a half-written model
+    # Atomic and fsynced: a reader never sees a half-written model. 0o644: as readable as the
+    # plain write it replaces (write_atomic is owner-only unless told).
+    write_atomic(path, lambda f: f.write(data), mode=0o644, binary=True)
     if write_json:
         info = {
             "format": FORMAT,
@@ -80,7 +81,8 @@ def save_model(model: MoEClassifier, path: str | Path, write_json: bool = True) 
             "sha256": model_sha256(data),
             "config": model.config.to_dict(),
         }
-        path.with_suffix(".json").write_text(json.dumps(info, indent=2) + "\n")
+        text = json.dumps(info, indent=2) + "\n"
+        write_atomic(path.with_suffix(".json"), lambda f: f.write(text), mode=0o644)
     return path
 
 

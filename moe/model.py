@@ -28,18 +28,18 @@ class MoELayer(nn.Module):
     """Pre-norm residual MoE block: h + sum_e combine[:, e] * expert_e(LN(h)).
 
     Only the rows routed to an expert (non-zero combine weight) are sent through it.
-    The dense baseline has one expert of hidden width top_k * expert_hidden.
+    How many experts, how wide, and whether they can be permuted is the gate's (GateSpec).
     """
 
     def __init__(self, dim: int, cfg: ModelConfig):
         super().__init__()
-        dense = cfg.gate == "dense"
-        hidden = cfg.top_k * cfg.expert_hidden if dense else cfg.expert_hidden
+        spec = cfg.gate_spec
+        hidden = spec.expert_hidden(cfg)
         self.norm = nn.LayerNorm(dim)
         self.gate = build_gate(dim, cfg)
-        self.experts = nn.ModuleList(Expert(dim, hidden) for _ in range(cfg.effective_experts))
+        self.experts = nn.ModuleList(Expert(dim, hidden) for _ in range(spec.experts(cfg)))
         self.permutation = (
-            ExpertPermutation(cfg.num_experts, cfg) if cfg.local_search and not dense else None
+            ExpertPermutation(cfg.num_experts, cfg) if cfg.local_search and spec.sparse else None
         )
 
     def forward(
@@ -171,7 +171,7 @@ def parameter_counts(model: MoEClassifier) -> dict[str, int]:
     cfg = model.config
     total = sum(p.numel() for p in model.parameters())
     per_expert = sum(p.numel() for p in model.moe_layers[0].experts[0].parameters())
-    idle = 0 if cfg.gate == "dense" else (cfg.num_experts - cfg.top_k) * per_expert
+    idle = (cfg.gate_spec.experts(cfg) - cfg.gate_spec.active_experts(cfg)) * per_expert
     perm = sum(
         layer.permutation.logits.numel()
         for layer in model.moe_layers

@@ -15,7 +15,7 @@ from scipy.optimize import linear_sum_assignment
 from torch import nn
 
 from moe.config import ModelConfig
-from moe.gates import sinkhorn
+from moe.gates.sinkhorn import sinkhorn
 
 
 def hungarian(scores: torch.Tensor) -> torch.Tensor:

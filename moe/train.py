@@ -19,24 +19,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from moe.config import TrainConfig
 from moe.model import MoEClassifier
 from mycroft.data.base import LabeledData
-
-
-@dataclass
-class TrainConfig:
-    epochs: int = 5
-    batch_size: int = 128
-    lr: float = 3e-3
-    weight_decay: float = 1e-4
-    seed: int = 0
-    warmup_fraction: float = 0.05
-    warmup_steps: int | None = None  # overrides warmup_fraction when set
-    min_lr_fraction: float = 0.02  # cosine decays to lr * min_lr_fraction
-    grad_clip: float | None = 1.0
-    label_smoothing: float = 0.0
-    max_steps: int | None = None  # cap on optimiser steps (tests, quick runs)
-    num_threads: int | None = None  # torch intra-op threads; None: auto_threads(model)
 
 
 @dataclass

@@ -19,10 +19,10 @@ from moe.model import MoEClassifier, build_model
 from moe.train import EpochStats, Metrics, TrainConfig, evaluate, fit_normalization, train
 from mycroft.data.base import LabeledData
 from mycroft.errors import ConfigError, DataError, MycroftError
+from mycroft.messages import EmbeddedHard, RawHard
 from trainer_node.acquire import ProgressEvent, ProgressFn
 from trainer_node.config import DataConfig, ModelSettings, TrainerConfig, TrainingSettings
 from trainer_node.dhard import DHard, build_dhard
-from trainer_node.messages import EmbeddedHard, RawHard
 
 
 @dataclass(frozen=True)
@@ -215,11 +215,7 @@ def train_baseline(
     """Train on the trainer's own rows with the first seed, evaluate, build D_hard."""
     mcfg = model_config(cfg.model, data)
     seed = cfg.training.seeds[0]
-    import torch
-
-    with torch.random.fork_rng(devices=[]):  # seeded initial weights, global RNG untouched
-        torch.manual_seed(seed)
-        model = build_model(mcfg)
+    model = build_model(mcfg, seed=seed)
     start = time.perf_counter()
     tcfg = train_config(cfg.training, seed)
     report_epoch = None if progress is None else _epoch_events(progress, tcfg.epochs)
@@ -266,7 +262,7 @@ def hard_payload(model: MoEClassifier, shared: LabeledData, mode: str) -> RawHar
         return RawHard(np.ascontiguousarray(shared.features, dtype=np.float32), labels)
     from moe.train import embed_numpy
     from selection.base import Head
-    from selection.gradients import last_layer_gradients
+    from selection.last_layer_grads import last_layer_gradients
 
     emb = embed_numpy(model, shared.features, batch_size=512)
     w, b = model.head_weights()

@@ -140,8 +140,6 @@ def train_and_measure(
     settings: TrainingSettings,
 ) -> TrainedEval:
     """One (subset, mode, seed) cell: train, then evaluate on D_hard-eval and the test set."""
-    import torch
-
     start = time.perf_counter()
     if mode == "finetune":
         model = copy.deepcopy(base.model)
@@ -153,9 +151,7 @@ def train_and_measure(
             replay_fraction=settings.replay_fraction,
         )
     else:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            model = build_model(copy.deepcopy(base.config))
+        model = build_model(base.config, seed=seed)  # the model takes its own copy of the config
         train(model, _combined(data.train, extra), train_config(settings, seed))
     seconds = time.perf_counter() - start
     return TrainedEval(

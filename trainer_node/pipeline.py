@@ -28,9 +28,7 @@ from trainer_node.config import FULL_METHOD, TrainerConfig, load_config
 from trainer_node.evaluate import evaluate_owners, per_class_list, routing_of
 from trainer_node.preflight import OwnerCheck, check_owners, require_usable, warning_lines
 from trainer_node.report import (
-    Baseline as BaselineReport,
-)
-from trainer_node.report import (
+    BaselineSummary,
     DataSummary,
     DHardClass,
     DHardSummary,
@@ -222,7 +220,7 @@ def run_trainer(
             config=mcfg.to_dict(),
         ),
         settings=_settings(config),
-        baseline=BaselineReport(
+        baseline=BaselineSummary(
             dhard_eval_accuracy=base.dhard_eval_accuracy,
             test_accuracy=base.test.accuracy,
             val_accuracy=base.val.accuracy,

@@ -78,7 +78,7 @@ class Settings:
 
 
 @dataclass
-class Baseline:
+class BaselineSummary:
     dhard_eval_accuracy: float | None  # None when D_hard-eval is empty
     test_accuracy: float
     val_accuracy: float
@@ -250,7 +250,7 @@ class Report:
     class_names: list[str]
     model: ModelSummary
     settings: Settings
-    baseline: Baseline
+    baseline: BaselineSummary
     dhard: DHardSummary
     owners: list[OwnerReport]
     ranking: list[RankEntry]
