@@ -61,19 +61,19 @@ example-csv-trainer: example
 		$(BIN)/mycroft trainer run --config $(EXAMPLES)/csv/trainer.toml
 
 bench-moe: $(STAMP)
-	$(BIN)/python bench/moe.py
+	$(BIN)/python -m bench.moe_bench
 
 bench-quality: $(STAMP)
-	$(BIN)/python bench/quality.py
+	$(BIN)/python -m bench.quality
 
 bench-speed: $(STAMP)
-	$(BIN)/python bench/selection_speed.py
+	$(BIN)/python -m bench.selection_speed
 
 bench-transfer: $(STAMP)
-	$(BIN)/python bench/transfer.py
+	$(BIN)/python -m bench.transfer
 
 bench-load: $(STAMP)
-	$(BIN)/python bench/load.py
+	$(BIN)/python -m bench.load
 
 bench: bench-moe bench-quality bench-speed bench-transfer bench-load
 

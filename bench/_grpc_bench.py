@@ -1,7 +1,7 @@
 """Shared by bench/transfer.py and bench/load.py: servers in their own processes, stats
 (and `encode_costs`, the owner's chunk encoding timed in-process for bench/transfer.py).
 
-Every server runs in a child process (`python bench/_grpc_bench.py <kind> <json spec>`) so the
+Every server runs in a child process (`python -m bench._grpc_bench <kind> <json spec>`) so the
 client and the server never share a GIL. The child prints `PORT <n>` once it listens and stops
 when its stdin closes (the parent exits or leaves the `server` context), so nothing outlives
 the bench. Kinds:
@@ -109,11 +109,11 @@ def server(
     gets the child's process id appended (to sample its memory); `stderr` is where its log
     goes (default: this process's stderr)."""
     proc = subprocess.Popen(
-        [PY, str(Path(__file__).resolve()), kind, json.dumps(spec or {})],
+        [PY, "-m", "bench._grpc_bench", kind, json.dumps(spec or {})],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=stderr,
-        cwd=ROOT,
+        cwd=ROOT,  # where `-m bench._grpc_bench` finds the bench package
         text=True,
     )
     if pid is not None:
@@ -333,8 +333,5 @@ def socket_fetch(sock: socket.socket, sizes: Sequence[int], buf: bytearray) -> t
 
 
 if __name__ == "__main__":
-    # Run as a script, bench/ is on the path first, and its moe.py would shadow the package.
-    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
-    sys.path.insert(0, str(ROOT))
     kind, raw = sys.argv[1], json.loads(sys.argv[2]) if len(sys.argv) > 2 else {}
     {"owner": _run_owner, "bare": _run_bare, "socket": _run_socket}[kind](raw)

@@ -208,7 +208,7 @@ def markdown(data: dict[str, Any]) -> str:
         + " at the start of each window); the owner and all client processes share them, so "
         "the hostile clients' own CPU is taken from the owner's. Details (messages per status "
         "code, the owner's log by logger, every RSS/CPU/disk sample) are in "
-        "`bench/results/load_hostile.json`. Run: `.venv/bin/python bench/load.py "
+        "`bench/results/load_hostile.json`. Run: `.venv/bin/python -m bench.load "
         f"--hostile-only` ({data.get('total_seconds', 0):.0f} s)."
     )
     return "\n".join(lines)

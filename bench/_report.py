@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import fcntl
 import json
 import os
@@ -43,3 +44,12 @@ def write_section(name: str, markdown: str, json_obj: dict[str, Any]) -> None:
         else:
             text = text.rstrip("\n") + "\n\n" + block + "\n"
         _atomic_write(BENCHMARKS, text)
+
+
+def bench_parser(doc: str, *, quick: str) -> argparse.ArgumentParser:
+    """The command line the gRPC benches share: the first line of their docstring as the
+    description, `--quick` (a smoke run, described by `quick`) and `--no-write`."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help=quick)
+    ap.add_argument("--no-write", action="store_true", help="print, do not write the doc")
+    return ap

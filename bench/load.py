@@ -17,16 +17,14 @@ trainers as above against one owner, quiet and then with hostile clients at the 
 the owner's memory, CPU and state directory sampled throughout; written to
 bench/results/load_hostile.json and its own section of docs/BENCHMARKS.md.
 
-    .venv/bin/python bench/load.py [--quick] [--hostile-only] [--seconds 20]
+    .venv/bin/python -m bench.load [--quick] [--hostile-only] [--seconds 20]
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import multiprocessing as mp
 import os
-import sys
 import tempfile
 import threading
 import time
@@ -39,17 +37,12 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-# bench/ holds a moe.py: keep that folder off the path so `import moe` finds the package.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
-sys.path.insert(0, str(ROOT))
-
-from bench import _hostile_report, _hostile_run  # noqa: E402
-from bench._grpc_bench import Stats, owner_mapping, server, token_for  # noqa: E402
-from bench._report import write_section  # noqa: E402
-from mycroft import wire  # noqa: E402
-from mycroft.v1 import owner_pb2 as pb  # noqa: E402
-from mycroft.v1 import owner_pb2_grpc as pb_grpc  # noqa: E402
+from bench import _hostile_report, _hostile_run
+from bench._grpc_bench import Stats, owner_mapping, server, token_for
+from bench._report import RESULTS, bench_parser, write_section
+from mycroft import wire
+from mycroft.v1 import owner_pb2 as pb
+from mycroft.v1 import owner_pb2_grpc as pb_grpc
 
 ROWS, FEATURES, CLASSES, EMBED_DIM = 20_000, 784, 10, 32
 BUDGET, HARD_ROWS, BACKOFF = 32, 50, 0.5
@@ -89,7 +82,7 @@ class Call:
 def settings_for(trainers: int) -> list[OwnerSettings]:
     from owner_node.config import OwnerSection
 
-    d = OwnerSection  # the real defaults, so the table follows the code
+    d = OwnerSection(name="bench")  # the real defaults, so the table follows the code
     default = OwnerSettings("default", d.max_workers, d.selection_workers, d.selection_queue)
     # Every selection, queued or running, holds a gRPC handler thread while it waits, and the
     # config keeps 2 more threads free for Describe/health: max_workers >= workers + queue + 2.
@@ -321,7 +314,7 @@ def markdown(results: list[dict], seconds: float, total: float) -> str:
         "",
         f"Machine: {os.cpu_count()} cores shared with other jobs (1-min load average at each "
         "level's start is in the JSON); the owner and both client processes share them. "
-        f"Whole run {total:.0f} s. Run: `.venv/bin/python bench/load.py` (`--quick` for a "
+        f"Whole run {total:.0f} s. Run: `.venv/bin/python -m bench.load` (`--quick` for a "
         "smoke run).",
     ]
     return "\n".join(lines)
@@ -364,22 +357,19 @@ def _notes(results: list[dict]) -> str:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="16 trainers, a few seconds (smoke run)")
+    ap = bench_parser(__doc__, quick="16 trainers, a few seconds (smoke run)")
     ap.add_argument("--seconds", type=float, default=None, help="window per level (default 20)")
     ap.add_argument("--hostile-only", action="store_true", help="only the hostile mix")
-    ap.add_argument("--no-write", action="store_true", help="print, do not write the doc")
     ap.add_argument("--render", action="store_true", help="rewrite the doc from results JSON")
     args = ap.parse_args()
-    results_dir = ROOT / "bench" / "results"
     if args.render:  # same measurements, new text: no re-run needed
         if not args.hostile_only:
-            data = json.loads((results_dir / "load.json").read_text())
+            data = json.loads((RESULTS / "load.json").read_text())
             md = markdown(data["results"], data["seconds"], data["total_seconds"])
             write_section("load", md, data)
             print(md)
-        if (results_dir / "load_hostile.json").exists():
-            data = json.loads((results_dir / "load_hostile.json").read_text())
+        if (RESULTS / "load_hostile.json").exists():
+            data = json.loads((RESULTS / "load_hostile.json").read_text())
             md = _hostile_report.markdown(data)
             write_section("load_hostile", md, data)
             print(md)

@@ -11,7 +11,7 @@ control (the same schedule and seed on as many of the trainer's own rows), as th
 Then an ablation on owner a at the headline budget (scoring checkpoint, oversampling, per-class
 split, FuncFeat's psi in the pick).
 
-Usage: .venv/bin/python bench/quality.py [--quick] [--seeds N] [--no-ablation]
+Usage: .venv/bin/python -m bench.quality [--quick] [--seeds N] [--no-ablation]
   default 5 seeds: ~12 min on 2 shared cores (use --seeds 3 on a heavily loaded machine);
   --render redoes the doc section and plot from the JSON; --ablation-only runs the ablation
   alone (e.g. beside the grid in a second process).
@@ -31,16 +31,11 @@ import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-# bench/ holds moe.py: drop this folder from the path so `import moe` finds the package.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
-sys.path.insert(0, str(HERE.parent))
+import numpy as np
+import torch
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from bench._report import RESULTS, ROOT, write_section  # noqa: E402
-from bench.quality_core import (  # noqa: E402
+from bench._report import RESULTS, ROOT, write_section
+from bench.quality_core import (
     METHODS,
     BenchConfig,
     Cell,
@@ -49,7 +44,7 @@ from bench.quality_core import (  # noqa: E402
     run_seed,
     strategy_for,
 )
-from bench.quality_report import (  # noqa: E402
+from bench.quality_report import (
     Index,
     agreement_table,
     ci,
@@ -60,7 +55,7 @@ from bench.quality_report import (  # noqa: E402
     recovery_table,
     timing_table,
 )
-from bench.quality_stats import _stat, cells_json, paired_vs_random, summarise  # noqa: E402
+from bench.quality_stats import _stat, cells_json, paired_vs_random, summarise
 
 HEADLINE = 0.01  # the targets are stated at a 1% budget
 PLOT = ROOT / "docs" / "img" / "quality_fashion.png"
@@ -299,7 +294,7 @@ def main() -> int:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     meta = {
         "when": time.strftime("%Y-%m-%d %H:%M"),
-        "command": " ".join(["bench/quality.py", *sys.argv[1:]]),
+        "command": " ".join(["python -m bench.quality", *sys.argv[1:]]),
         "seconds": seconds,
         "cpu_seconds": usage.ru_utime + usage.ru_stime,
         "load_average": os.getloadavg(),

@@ -18,7 +18,7 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -139,11 +139,13 @@ class Cell:
 
 def _scenario(cfg: BenchConfig):
     scen = load_scenario(cfg.scenario)
-    owners = tuple(replace(o, size=cfg.owner_sizes.get(o.name, o.size)) for o in scen.owners)
-    trainer = (
-        scen.trainer if cfg.test_size is None else replace(scen.trainer, test_size=cfg.test_size)
+    owners = tuple(
+        o.model_copy(update={"size": cfg.owner_sizes.get(o.name, o.size)}) for o in scen.owners
     )
-    return replace(scen, owners=owners, trainer=trainer)
+    trainer = scen.trainer
+    if cfg.test_size is not None:
+        trainer = trainer.model_copy(update={"test_size": cfg.test_size})
+    return scen.model_copy(update={"owners": owners, "trainer": trainer})
 
 
 def _cache_key(cfg: BenchConfig, seed: int) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -77,33 +78,36 @@ def owner_table(
     return "\n".join(lines)
 
 
-def recovery_table(ix: Index, owner: str, methods, budgets) -> str:
+def _budget_grid(
+    methods: list[str],
+    budgets: list[float],
+    header: Callable[[str], str],
+    cell: Callable[[str, float], str],
+) -> str:
+    """A table with a row per budget share and a column per method."""
     lines = [
-        "| budget | " + " | ".join(f"{m}: % of full / × random" for m in methods) + " |",
+        "| budget | " + " | ".join(header(m) for m in methods) + " |",
         "|" + "---|" * (len(methods) + 1),
     ]
     for share in budgets:
-        cells = []
-        for m in methods:
-            r = ix.get(owner, m, share)
-            rec = r["recovered_per_seed"]
-            cells.append(f"{ci(rec, 100.0)}% / {ratio(r['x_random'])}")
-        lines.append(f"| {100 * share:g}% | " + " | ".join(cells) + " |")
+        lines.append(f"| {100 * share:g}% | " + " | ".join(cell(m, share) for m in methods) + " |")
     return "\n".join(lines)
+
+
+def recovery_table(ix: Index, owner: str, methods, budgets) -> str:
+    def cell(m: str, share: float) -> str:
+        r = ix.get(owner, m, share)
+        return f"{ci(r['recovered_per_seed'], 100.0)}% / {ratio(r['x_random'])}"
+
+    return _budget_grid(methods, budgets, lambda m: f"{m}: % of full / × random", cell)
 
 
 def agreement_table(ix: Index, methods, budgets) -> str:
-    lines = [
-        "| budget | " + " | ".join(f"{m} ρ / τ" for m in methods) + " |",
-        "|" + "---|" * (len(methods) + 1),
-    ]
-    for share in budgets:
-        cells = []
-        for m in methods:
-            a = ix.agreement(m, share)
-            cells.append(f"{_num(a['spearman'])} / {_num(a['kendall_tau'])}")
-        lines.append(f"| {100 * share:g}% | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    def cell(m: str, share: float) -> str:
+        a = ix.agreement(m, share)
+        return f"{_num(a['spearman'])} / {_num(a['kendall_tau'])}"
+
+    return _budget_grid(methods, budgets, lambda m: f"{m} ρ / τ", cell)
 
 
 def owners_table(ix: Index, owners: list[str], methods, share: float) -> str:

@@ -11,7 +11,7 @@ per-class gradient matrices with OMP re-solving every weight system from scratch
 for `gradient` and `funcfeat`. A prefilter check runs funcfeat's OMP on one class of the largest
 owner with and without the top-M prefilter (CPU time, same rows, objective).
 
-    .venv/bin/python bench/selection_speed.py [--sizes 1e4,1e5,1e6] [--cap 60]
+    .venv/bin/python -m bench.selection_speed [--sizes 1e4,1e5,1e6] [--cap 60]
 """
 
 from __future__ import annotations
@@ -24,12 +24,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from bench._report import ROOT, write_section
 
 D, C, M_HARD = 64, 10, 500
 
@@ -203,10 +201,12 @@ def child(case: str, impl: str, n: int, out: str) -> None:
 
 def run_case(case: str, impl: str, n: int, cap: float, tmp: str) -> dict:
     out = os.path.join(tmp, f"{case}-{impl}-{n}.npy")
-    cmd = [sys.executable, __file__, "--child", case, impl, str(n), out]
+    cmd = [sys.executable, "-m", "bench.selection_speed", "--child", case, impl, str(n), out]
     load = os.getloadavg()[0]
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=cap, check=True)
+        proc = subprocess.run(
+            cmd, capture_output=True, text=True, timeout=cap, check=True, cwd=ROOT
+        )
     except subprocess.TimeoutExpired:
         return {"case": case, "impl": impl, "n": n, "stopped_after": cap, "load1": load}
     rec = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -346,11 +346,6 @@ def main() -> None:
         "total_seconds": total,
         "cpu_count": os.cpu_count(),
     }
-    try:
-        from bench._report import write_section
-    except ImportError:
-        sys.path.insert(0, str(ROOT / "bench"))
-        from _report import write_section
     write_section("selection_speed", markdown, result)
     print(markdown)
 

@@ -14,15 +14,13 @@ reported as median and range. Streaming throughput is measured from the first ch
 to the end of the stream, so the selection (and the ledger charge) before the first chunk is
 excluded; it is reported separately from the summary's server-side timings.
 
-    .venv/bin/python bench/transfer.py [--quick] [--calls 20]
+    .venv/bin/python -m bench.transfer [--quick] [--calls 20]
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import socket
-import sys
 import tempfile
 import time
 import uuid
@@ -33,12 +31,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-# bench/ holds a moe.py: keep that folder off the path so `import moe` finds the package.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
-sys.path.insert(0, str(ROOT))
-
-from bench._grpc_bench import (  # noqa: E402
+from bench._grpc_bench import (
     MAX_MESSAGE,
     MB,
     Stats,
@@ -50,11 +43,11 @@ from bench._grpc_bench import (  # noqa: E402
     socket_stream,
     token_for,
 )
-from bench._report import write_section  # noqa: E402
-from mycroft import wire  # noqa: E402
-from mycroft.v1 import owner_pb2 as pb  # noqa: E402
-from trainer_node.client import OwnerClient  # noqa: E402
-from trainer_node.config import OwnerEndpoint  # noqa: E402
+from bench._report import bench_parser, write_section
+from mycroft import wire
+from mycroft.v1 import owner_pb2 as pb
+from trainer_node.client import OwnerClient
+from trainer_node.config import OwnerEndpoint
 
 FEATURES = 784
 TRAINER = "bench"
@@ -123,7 +116,7 @@ def mycroft_select(channel: grpc.Channel, request: pb.SelectRequest, parse: bool
 
 def client_select(client: OwnerClient, request: pb.SelectRequest) -> float:
     """Wall time of the trainer's own client (decode, validate, concatenate)."""
-    from trainer_node.messages import EmbeddedHard, SelectRequestSpec
+    from mycroft.messages import EmbeddedHard, SelectRequestSpec
 
     hard = request.embedded
     spec = SelectRequestSpec(
@@ -157,7 +150,7 @@ def run_case(case: Case, calls: int, bare_port: int, sock_port: int, tmp: Path) 
         grpc.insecure_channel(f"127.0.0.1:{bare_port}", options=OPTIONS) as bare_ch,
         socket.create_connection(("127.0.0.1", sock_port)) as sock,
         OwnerClient(
-            OwnerEndpoint("bench", f"127.0.0.1:{port}", token_for(TRAINER)), None
+            OwnerEndpoint(name="bench", address=f"127.0.0.1:{port}", token=token_for(TRAINER)), None
         ) as client,
     ):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -318,7 +311,7 @@ def markdown(
         "",
         f"Machine: {os.cpu_count()} cores, shared with other jobs (1-min load average "
         f"{load[0]:.1f} at start, {load[1]:.1f} at end); run took {seconds:.0f} s. "
-        "Run: `.venv/bin/python bench/transfer.py` (`--quick` for a smoke run).",
+        "Run: `.venv/bin/python -m bench.transfer` (`--quick` for a smoke run).",
     ]
     return "\n".join(lines)
 
@@ -367,10 +360,8 @@ def _findings(results: list[dict], encode: dict) -> str:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="small owners, few calls (smoke run)")
+    ap = bench_parser(__doc__, quick="small owners, few calls (smoke run)")
     ap.add_argument("--calls", type=int, default=None, help="calls per measurement (default 20)")
-    ap.add_argument("--no-write", action="store_true", help="print, do not write the doc")
     args = ap.parse_args()
     calls = args.calls or (3 if args.quick else 20)
     if args.quick:

@@ -1,7 +1,13 @@
 """Owner-side selection strategies. Importing the package registers the built-ins:
-random, feature, gradient, funcfeat, binning, full (see METHOD.md §2)."""
+random, feature, gradient, funcfeat, binning, full (see METHOD.md §2).
 
-from selection import binning, feature, full, funcfeat, gradient, random_sampling  # noqa: F401
+Every module of this folder is imported here, so a strategy is one file: selection/<name>.py
+with a `@register("<name>")` class is found without editing anything else.
+"""
+
+import importlib as _importlib
+import pkgutil as _pkgutil
+
 from selection._contract import allocate, finalize, plan_classes, validate
 from selection.base import (
     Candidates,
@@ -19,7 +25,7 @@ from selection.base import (
     wire_params,
 )
 from selection.feature import FeatureIndexCache, IndexParams
-from selection.gradients import (
+from selection.last_layer_grads import (
     iter_last_layer_gradients,
     last_layer_gradients,
     softmax_residuals,
@@ -60,3 +66,6 @@ __all__ = [
     "validate",
     "wire_params",
 ]
+
+for _module in _pkgutil.iter_modules(__path__):
+    _importlib.import_module(f"{__name__}.{_module.name}")

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from selection.base import Candidates, HardSet, Head, SelectionResult
+from selection.types import Candidates, HardSet, Head, SelectionResult
 
 
 def check_budget(budget: int) -> int:

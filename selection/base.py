@@ -8,72 +8,34 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, ClassVar
+from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 
+from mycroft.plugins import EntryPoint, PluginGroup
+from selection._contract import ClassPlan, finalize, plan_classes, validate
 from selection.params import Constraint, check_params
 
-if TYPE_CHECKING:  # _contract imports this module; base imports it lazily in Strategy.select
-    from selection._contract import ClassPlan
+# The data types live in selection.types (so _contract needs nothing from here); strategies and
+# callers keep importing them from selection.base.
+from selection.types import Candidates, HardSet, Head, SelectionResult
 
-
-@dataclass
-class Head:
-    """The trainer model's last linear layer: logits = embeddings @ weight.T + bias."""
-
-    weight: np.ndarray  # (C, d) float32
-    bias: np.ndarray  # (C,) float32
-
-    @property
-    def num_classes(self) -> int:
-        return int(self.weight.shape[0])
-
-
-@dataclass
-class Candidates:
-    """The owner's rows, as the strategies see them.
-
-    `embeddings` are the trainer model's penultimate vectors for the owner's rows (or a fixed
-    encoder both sides agreed on). `features` are the raw rows, needed only by tabular binning.
-    """
-
-    row_ids: np.ndarray  # (N,) int64
-    labels: np.ndarray  # (N,) int64
-    embeddings: np.ndarray | None = None  # (N, d) float32
-    features: np.ndarray | None = None  # (N, F) float32
-
-    def __len__(self) -> int:
-        return len(self.row_ids)
-
-
-@dataclass
-class HardSet:
-    """D_hard as the owner receives it: embeddings and/or last-layer gradients, and labels.
-
-    In the privacy-preserving mode only `embeddings` and `gradients` arrive; in raw mode the
-    owner computes them itself from the raw rows with the uploaded model.
-    """
-
-    labels: np.ndarray  # (M,) int64
-    embeddings: np.ndarray | None = None  # (M, d) float32
-    gradients: np.ndarray | None = None  # (M, C*(d+1)) float32: [g_b, vec(g_W)]
-    features: np.ndarray | None = None  # (M, F) raw rows, for binning
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-
-@dataclass
-class SelectionResult:
-    """Ordered owner row ids (best first), one score each, and what happened on the way."""
-
-    row_ids: np.ndarray  # (K,) int64, K <= budget, distinct
-    scores: np.ndarray  # (K,) float32
-    timings: dict[str, float] = field(default_factory=dict)  # step -> seconds
-    missing_classes: list[int] = field(default_factory=list)  # D_hard classes the owner lacks
-    shortfall_reason: str | None = None  # why fewer than `budget` rows, when so
+__all__ = [
+    "Candidates",
+    "HardSet",
+    "Head",
+    "Job",
+    "Ranked",
+    "SelectionResult",
+    "Strategy",
+    "Timer",
+    "available",
+    "get_strategy",
+    "register",
+    "strategy_class",
+    "wire_params",
+]
 
 
 @dataclass
@@ -139,8 +101,6 @@ class Strategy:
         head: Head | None = None,
         seed: int = 0,
     ) -> SelectionResult:
-        from selection._contract import finalize, plan_classes, validate
-
         self._check_fields(candidates, hard, head)
         timer = Timer()
         with timer("validate"):
@@ -202,13 +162,13 @@ def register(name: str):
 
 def available() -> list[str]:
     """Names of all registered strategies (built-in and plugins)."""
-    _load_plugins()
+    _PLUGINS.load()
     return sorted(_REGISTRY)
 
 
 def strategy_class(name: str) -> type[Strategy]:
     """The class registered as `name`; KeyError lists the known names."""
-    _load_plugins()
+    _PLUGINS.load()
     try:
         return _REGISTRY[name]
     except KeyError:
@@ -230,19 +190,12 @@ def wire_params(name: str, params: Mapping[str, float]) -> dict[str, object]:
     return check_params(strategy_class(name), params, wire=True)
 
 
-_plugins_loaded = False
+def _import_entry_point(ep: EntryPoint) -> None:
+    ep.load()  # a plugin registers itself with @register on import
 
 
-def _load_plugins() -> None:
-    """Strategies from other packages, declared under the `mycroft.selection` entry point."""
-    global _plugins_loaded
-    if _plugins_loaded:
-        return
-    _plugins_loaded = True
-    from importlib.metadata import entry_points
-
-    for ep in entry_points(group="mycroft.selection"):
-        ep.load()
+# Strategies from other packages, declared under the `mycroft.selection` entry point.
+_PLUGINS = PluginGroup("mycroft.selection", _import_entry_point)
 
 
 class Timer:

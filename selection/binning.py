@@ -53,6 +53,9 @@ def min_bin_distance(
 
 @register("binning")
 class BinningDistance(Strategy):
+    """`n_bins` equal-width bins per feature over D_hard's range; `diverse_share` of each class
+    budget is drawn at random (seeded) from the rows past the nearest."""
+
     needs_features = True
     param_constraints = {
         "n_bins": Interval(int, 1, 1000),

@@ -143,6 +143,10 @@ def round_robin(neigh: np.ndarray, sims: np.ndarray, budget: int) -> tuple[np.nd
 
 @register("feature")
 class FeatureMatching(Strategy):
+    """`flat_threshold`: class size above which a class gets an IVF index; `nprobe`: IVF lists
+    searched; `ivf_storage`: "flat" or "sq8" IVF lists; `query_batch`: D_hard rows per search;
+    `cache`: a FeatureIndexCache to share between instances."""
+
     needs_embeddings = True
     param_constraints = {
         "flat_threshold": Interval(int, 1, 10_000_000),

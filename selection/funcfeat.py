@@ -13,7 +13,7 @@ import numpy as np
 
 from selection.base import register
 from selection.gradient import GradientMatching
-from selection.gradients import DEFAULT_BATCH
+from selection.last_layer_grads import DEFAULT_BATCH
 from selection.params import Boolean, Interval
 
 

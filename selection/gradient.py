@@ -26,7 +26,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from selection.base import HardSet, Head, Job, Ranked, Strategy, register
-from selection.gradients import DEFAULT_BATCH, last_layer_gradients, softmax_residuals
+from selection.last_layer_grads import DEFAULT_BATCH, last_layer_gradients, softmax_residuals
 from selection.omp import FactoredAtoms, omp
 from selection.params import Interval
 

@@ -11,8 +11,8 @@ guarantees termination) and re-solve; r = t - A_Sᵀ w.
 of O(k³). `omp_naive` re-solves from scratch with a dense A; tests and the benchmark compare both.
 
 The per-step cost is dominated by the correlations A r. With `FactoredAtoms` (g = u ⊗ [1, e],
-see selection/gradients.py) that is (E R_Wᵀ + r_b)·u row-wise: n·C·(d+1) flops reading only
-n·(C+d) floats, and the (n, C·(d+1)) gradient matrix is never materialised.
+see selection/last_layer_grads.py) that is (E R_Wᵀ + r_b)·u row-wise: n·C·(d+1) flops reading
+only n·(C+d) floats, and the (n, C·(d+1)) gradient matrix is never materialised.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.linalg import solve_triangular
 
-from selection.gradients import gradient_rows
+from selection.last_layer_grads import gradient_rows
 
 _TINY = 1e-10
 

@@ -1,4 +1,6 @@
-"""Shared fixtures. `real_report` is one small but real trainer run, shared by the report tests.
+"""Shared fixtures. `data` (digits, the owner's rows) and `model` (a tiny MoE for them) serve the
+owner tests, once per module. `real_report` is one small but real trainer run, shared by the
+report tests.
 
 Three in-process owner servers on loopback gRPC plus a fourth owner pointed at a dead address,
 digits, a tiny MoE, 1 epoch, two budgets (so the budget plot exists), two seeds (so gains have
@@ -30,12 +32,24 @@ REAL_RUN_TRAINING: dict[str, Any] = {
 }
 
 
+@pytest.fixture(scope="module")
+def data():
+    from helpers_grpc import digits_data
+
+    return digits_data()
+
+
+@pytest.fixture(scope="module")
+def model(data) -> bytes:
+    from helpers_grpc import tiny_model_bytes
+
+    return tiny_model_bytes(data)
+
+
 def build_real_run(tmp: Path, training: dict[str, Any] | None = None) -> Path:
     """Serve three owners, run the trainer against them and a dead address; the report path."""
-    from helpers_grpc import save_scarce_trainer_files
+    from helpers_grpc import TRAINER_MODEL, save_scarce_trainer_files, serve_for_trainer
 
-    from owner_node.config import parse_config as owner_config
-    from owner_node.server import build_server
     from trainer_node.config import parse_config as trainer_config
     from trainer_node.pipeline import REPORT_NAME, run_trainer
 
@@ -52,33 +66,13 @@ def build_real_run(tmp: Path, training: dict[str, Any] | None = None) -> Path:
     owners: list[dict[str, Any]] = []
     with contextlib.ExitStack() as stack:
         for name, idx in parts.items():
-            cfg = owner_config(
-                {
-                    "owner": {"name": name, "listen": "127.0.0.1:0", "state_dir": f"state-{name}"},
-                    "data": {"source": "digits"},
-                    "budget": {"default_cap": 1000, "max_rows_per_request": 500},
-                    "trainers": [{"id": "t1", "token": REAL_RUN_TOKEN}],
-                    "selection": {"allow_full": True},
-                },
-                base_dir=tmp,
-            )
-            server, port = build_server(cfg, pool.subset(idx, name))
-            server.start()
-            stack.callback(lambda s=server: s.stop(grace=0.5).wait(10))
-            owners.append({"name": name, "address": f"127.0.0.1:{port}"})
+            address = serve_for_trainer(stack, tmp, name, pool.subset(idx, name), REAL_RUN_TOKEN)
+            owners.append({"name": name, "address": address})
         owners.append({"name": "dead", "address": "127.0.0.1:1", "deadline_seconds": 2})
         raw = {
             "trainer": {"id": "t1", "run_dir": "run", "run_id": "report-fixture"},
             "data": {"train": "train.npz", "test": "test.npz", "val_fraction": 0.4},
-            "model": {
-                "gate": "topk",
-                "num_experts": 2,
-                "top_k": 1,
-                "embed_dim": 8,
-                "stem_dim": 16,
-                "conv_channels": 4,
-                "expert_hidden": 16,
-            },
+            "model": TRAINER_MODEL,
             "training": training or REAL_RUN_TRAINING,
             "dhard": {"classes": ["3", "8"]},
             "selection": {"methods": ["feature", "random", "full"], "budgets": [4, 8]},

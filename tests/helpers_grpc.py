@@ -8,6 +8,7 @@ ephemeral port, `OwnerClient` wraps the stub with a bearer token and collects Se
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,8 +54,26 @@ def save_scarce_trainer_files(folder: Path, scarce: list[int]) -> tuple[LabeledD
     return train, perm
 
 
-def tiny_model_bytes(data: LabeledData, seed: int = 0, embed_dim: int = 8) -> bytes:
-    """An untrained, tiny MoE for `data`'s shape: enough to embed and to score rows."""
+# Just big enough to embed and to score rows: two experts, top-1.
+TINY_SIZES = {"stem_dim": 16, "conv_channels": 4, "embed_dim": 8, "num_experts": 2, "top_k": 1}
+# The trainer's [model] table in end-to-end runs: the same tiny MoE, wider experts.
+TRAINER_MODEL = {"gate": "topk", **TINY_SIZES, "expert_hidden": 16}
+
+
+def trainer_toml_head(run_id: str) -> str:
+    """The [trainer], [data] (train.npz and test.npz beside the config) and [model]
+    (TRAINER_MODEL) tables of an end-to-end run's trainer config."""
+    model = "".join(f"{k} = {json.dumps(v)}\n" for k, v in TRAINER_MODEL.items())
+    return (
+        f'[trainer]\nid = "t1"\nrun_dir = "run"\nrun_id = "{run_id}"\n\n'
+        '[data]\ntrain = "train.npz"\ntest = "test.npz"\nval_fraction = 0.4\n\n'
+        f"[model]\n{model}"
+    )
+
+
+def tiny_model_bytes(data: LabeledData, seed: int = 0, **sizes: int) -> bytes:
+    """An untrained, tiny MoE for `data`'s shape; `sizes` override TINY_SIZES (and the expert
+    width, 8) as ModelConfig fields."""
     import torch
 
     from moe.config import ModelConfig
@@ -67,12 +86,7 @@ def tiny_model_bytes(data: LabeledData, seed: int = 0, embed_dim: int = 8) -> by
         num_classes=data.num_classes,
         class_names=data.class_names,
         stem="conv" if len(data.input_shape) == 3 else "mlp",
-        stem_dim=16,
-        conv_channels=4,
-        embed_dim=embed_dim,
-        num_experts=2,
-        top_k=1,
-        expert_hidden=8,
+        **{**TINY_SIZES, "expert_hidden": 8, **sizes},
     )
     return model_to_bytes(build_model(cfg))
 
@@ -106,6 +120,41 @@ def running_owner(
         server.stop(grace=1.0).wait(10)
 
 
+@contextlib.contextmanager
+def connected(
+    config: OwnerConfig, data: LabeledData | None = None, trainer: str = "alice"
+) -> Iterator[tuple[OwnerClient, grpc.Channel]]:
+    """An owner running `config`, and a client calling it as test trainer `trainer` (with its
+    channel, for other stubs)."""
+    with running_owner(config, data) as (_, port), grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+        yield OwnerClient.of(ch, trainer), ch
+
+
+def serve_for_trainer(
+    stack: contextlib.ExitStack,
+    base_dir: Path,
+    name: str,
+    data: LabeledData,
+    token: str,
+    **tables: Mapping[str, Any],
+) -> str:
+    """Start owner `name` serving `data` to trainer t1 (`token`; full information allowed)
+    until `stack` closes; its address. `tables` replace whole config tables. For end-to-end
+    runs of the trainer against owners."""
+    raw: dict[str, Any] = {
+        "owner": {"name": name, "listen": "127.0.0.1:0", "state_dir": f"state-{name}"},
+        "data": {"source": "digits"},
+        "budget": {"default_cap": 1000, "max_rows_per_request": 500},
+        "trainers": [{"id": "t1", "token": token}],
+        "selection": {"allow_full": True},
+    }
+    cfg = parse_config({**raw, **tables}, base_dir=base_dir)
+    server, port = build_server(cfg, data)
+    server.start()
+    stack.callback(lambda: server.stop(grace=0.5).wait(10))
+    return f"127.0.0.1:{port}"
+
+
 @dataclass
 class Selected:
     features: np.ndarray
@@ -117,10 +166,20 @@ class Selected:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+def bearer(trainer: str) -> tuple[tuple[str, str], ...]:
+    """Call metadata carrying test trainer `trainer`'s token."""
+    return (("authorization", f"Bearer {TOKENS[trainer]}"),)
+
+
 class OwnerClient:
     def __init__(self, channel: grpc.Channel, token: str | None):
         self.stub = pb_grpc.DataOwnerStub(channel)
         self.metadata = (("authorization", f"Bearer {token}"),) if token else ()
+
+    @classmethod
+    def of(cls, channel: grpc.Channel, trainer: str) -> OwnerClient:
+        """A client calling as test trainer `trainer` (a key of TOKENS)."""
+        return cls(channel, TOKENS[trainer])
 
     def describe(self) -> pb.DescribeResponse:
         return self.stub.Describe(pb.DescribeRequest(), metadata=self.metadata, timeout=10)
@@ -230,9 +289,9 @@ def acquire_context(
 ):
     """What `trainer_node.acquire.acquire_all` needs: D_hard is `data`'s first 6 rows, raw."""
     from moe.io import model_sha256
+    from mycroft.messages import RawHard
     from trainer_node.acquire import AcquireContext
     from trainer_node.config import SelectionSettings
-    from trainer_node.messages import RawHard
 
     return AcquireContext(
         run_id=run_id,

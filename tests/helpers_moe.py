@@ -18,16 +18,11 @@ def digits() -> LabeledData:
     return LabeledData(x, d.target.astype(np.int64), NAMES, np.arange(len(x), dtype=np.int64))
 
 
+# Widths of a model small enough to train in a second on digits.
+TINY_WIDTHS = {"stem_dim": 32, "conv_channels": 8, "expert_hidden": 32, "embed_dim": 16}
+
+
 def tiny_config(**overrides) -> ModelConfig:
-    """A model small enough to train in a second on digits."""
-    base = dict(
-        input_shape=(1, 8, 8),
-        num_classes=10,
-        class_names=NAMES,
-        stem_dim=32,
-        conv_channels=8,
-        expert_hidden=32,
-        embed_dim=16,
-    )
-    base.update(overrides)
-    return ModelConfig(**base)
+    """A model small enough to train in a second on digits; `overrides` set any field."""
+    digits_shape = {"input_shape": (1, 8, 8), "num_classes": 10, "class_names": NAMES}
+    return ModelConfig(**{**digits_shape, **TINY_WIDTHS, **overrides})

@@ -234,7 +234,7 @@ def test_register_source_and_entry_point(monkeypatch: pytest.MonkeyPatch) -> Non
 
     import importlib.metadata
 
-    monkeypatch.setattr(registry_mod, "_plugins_loaded", False)
+    monkeypatch.setattr(registry_mod._PLUGINS, "loaded", False)
     monkeypatch.setattr(
         importlib.metadata,
         "entry_points",

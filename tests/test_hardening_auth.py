@@ -18,11 +18,9 @@ from helpers_grpc import (
     CAPS,
     TOKENS,
     OwnerClient,
-    digits_data,
     owner_config,
     raw_request,
     running_owner,
-    tiny_model_bytes,
 )
 from test_owner_tls import _key_and_csr, _openssl, _sign, certs  # noqa: F401 - certs: fixture
 
@@ -33,16 +31,6 @@ from owner_node.server import OwnerServer
 needs_openssl = pytest.mark.skipif(
     shutil.which("openssl") is None, reason="openssl is not installed: cannot make test certs"
 )
-
-
-@pytest.fixture(scope="module")
-def data():
-    return digits_data()
-
-
-@pytest.fixture(scope="module")
-def model(data) -> bytes:
-    return tiny_model_bytes(data)
 
 
 @pytest.fixture(scope="module")
@@ -123,10 +111,10 @@ def test_bad_or_missing_token_is_refused_everywhere(plain_owner, data, model, me
 def test_a_trainer_cannot_read_another_trainers_ledger_or_budget(tmp_path, data) -> None:
     with running_owner(owner_config(tmp_path), data) as (server, port):
         with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
-            bob = OwnerClient(ch, TOKENS["bob"])
+            bob = OwnerClient.of(ch, "bob")
             got = bob.select(_select_request(data, "bob-1"))
             assert got.summary.rows_sent == 8
-            alice = OwnerClient(ch, TOKENS["alice"])
+            alice = OwnerClient.of(ch, "alice")
             for target in ("bob", "carol", "no-such-trainer"):
                 with pytest.raises(grpc.RpcError) as e:
                     alice.ledger(target)
@@ -195,11 +183,11 @@ def test_mutual_tls_refuses_foreign_certificates_and_mismatched_tokens(
             _assert_all_refused(OwnerClient(ch, None), data, model, grpc.StatusCode.UNAVAILABLE)
         # No client certificate, even with a valid bearer token: no handshake either.
         with _mtls_channel(certs, None, port) as ch:
-            client = OwnerClient(ch, TOKENS["bob"])
+            client = OwnerClient.of(ch, "bob")
             _assert_all_refused(client, data, model, grpc.StatusCode.UNAVAILABLE)
         # Trusted certificate of alice + bob's token: the two name different trainers.
         with _mtls_channel(certs, certs, port) as ch:
-            client = OwnerClient(ch, TOKENS["bob"])
+            client = OwnerClient.of(ch, "bob")
             _assert_all_refused(client, data, model, grpc.StatusCode.PERMISSION_DENIED)
             client = OwnerClient(ch, "unknown-token-0123456789")
             _assert_all_refused(client, data, model, grpc.StatusCode.UNAUTHENTICATED)
@@ -227,6 +215,6 @@ def test_plaintext_health_port_serves_health_only(tmp_path, data, model) -> None
         with grpc.insecure_channel(f"127.0.0.1:{hport}") as ch:
             reply = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=5)
             assert reply.status == health_pb2.HealthCheckResponse.SERVING
-            client = OwnerClient(ch, TOKENS["alice"])
+            client = OwnerClient.of(ch, "alice")
             _assert_all_refused(client, data, model, grpc.StatusCode.UNIMPLEMENTED)
         _assert_nothing_left(server, list(TOKENS))

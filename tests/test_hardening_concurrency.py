@@ -33,11 +33,6 @@ class Outcome:
 
 
 @pytest.fixture(scope="module")
-def data():
-    return digits_data()
-
-
-@pytest.fixture(scope="module")
 def hard():
     test = digits_data("test")
     return test.features[:40], test.labels[:40]
@@ -71,7 +66,7 @@ def _run_all(port: int, requests: list, retry_busy: bool) -> list[Outcome]:
 
     def worker(i: int) -> None:
         with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
-            client = OwnerClient(ch, TOKENS["alice"])
+            client = OwnerClient.of(ch, "alice")
             barrier.wait(30)  # release all calls at once
             outcomes[i] = _select_until_definite(client, requests[i], retry_busy)
 
@@ -165,7 +160,7 @@ def test_two_trainers_concurrently_have_separate_caps(tmp_path, data, hard) -> N
 
         def worker(name: str, i: int) -> None:
             with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
-                client = OwnerClient(ch, TOKENS[name])
+                client = OwnerClient.of(ch, name)
                 req = raw_request(f"{name}-{i}", "random", 10, "", hard[0], hard[1], seed=i)
                 out = _select_until_definite(client, req, retry_busy=True)
             assert out.code in (None, grpc.StatusCode.RESOURCE_EXHAUSTED)

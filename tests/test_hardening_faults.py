@@ -213,9 +213,21 @@ def test_trainer_finishes_with_one_owner_down_one_slow_one_stuck(tmp_path, sleep
         ),
     ):
         endpoints = [
-            OwnerEndpoint("down", "127.0.0.1:1", TOKENS["alice"], deadline_seconds=deadline),
-            OwnerEndpoint("slow", f"127.0.0.1:{p1}", TOKENS["alice"], deadline_seconds=deadline),
-            OwnerEndpoint("stuck", f"127.0.0.1:{p2}", TOKENS["alice"], deadline_seconds=deadline),
+            OwnerEndpoint(
+                name="down", address="127.0.0.1:1", token=TOKENS["alice"], deadline_seconds=deadline
+            ),
+            OwnerEndpoint(
+                name="slow",
+                address=f"127.0.0.1:{p1}",
+                token=TOKENS["alice"],
+                deadline_seconds=deadline,
+            ),
+            OwnerEndpoint(
+                name="stuck",
+                address=f"127.0.0.1:{p2}",
+                token=TOKENS["alice"],
+                deadline_seconds=deadline,
+            ),
         ]
         settings = ClientSettings(retries=1, backoff=0.1, backoff_max=0.2, concurrency=3)
         start = time.monotonic()

@@ -67,7 +67,7 @@ def target(tmp_path_factory) -> Iterator[Target]:
     owner = OwnerProcess(config).start()
     channel = grpc.insecure_channel(owner.address)
     try:
-        alice = OwnerClient(channel, TOKENS["alice"])
+        alice = OwnerClient.of(channel, "alice")
         model = tiny_model_bytes(digits)
         sha = alice.upload(model).sha256
         methods = list(alice.describe().methods)

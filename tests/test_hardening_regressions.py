@@ -57,7 +57,7 @@ def test_deeply_nested_model_json_is_invalid_argument(owner, where: str) -> None
     head += b" " * (-len(head) % 8)
     blob = struct.pack("<Q", len(head)) + head
     with pytest.raises(grpc.RpcError) as e:
-        OwnerClient(channel, TOKENS["alice"]).upload(blob)
+        OwnerClient.of(channel, "alice").upload(blob)
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "nested too deeply" in e.value.details()
     assert not list(server.engine.models.dir.glob("*.safetensors"))

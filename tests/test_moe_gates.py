@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import itertools
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from helpers_moe import digits, tiny_config
 
-from moe.config import ModelConfig
-from moe.gates import CometGate, HashGate, SinkhornGate, TopKGate, build_gate, sinkhorn, smooth_step
+import moe.gates
+from moe.config import GATES, ModelConfig
+from moe.gates import CometGate, HashGate, SinkhornGate, TopKGate, build_gate, gate_spec
+from moe.gates.comet import smooth_step
+from moe.gates.sinkhorn import sinkhorn
 from moe.model import build_model
 from moe.permutation import hungarian, is_permutation
 from moe.train import TrainConfig, train
@@ -189,3 +195,23 @@ def test_router_gets_task_gradient(k: int) -> None:
     combine, _ = gate(torch.randn(32, 16), torch.zeros(32, 1))
     (combine * torch.randn(32, 8)).sum().backward()
     assert gate.router.weight.grad is not None and float(gate.router.weight.grad.abs().sum()) > 0
+
+
+def test_the_registry_is_the_one_list_of_gates() -> None:
+    """Names, classes and the layer's shape (experts built, their width) all come from it."""
+    assert set(GATES) == {"topk", "sinkhorn", "hash", "comet", "dense"}
+    for name in GATES:
+        spec, c = gate_spec(name), cfg(gate=name, num_experts=4, top_k=2)
+        layer = build_model(c, seed=0).moe_layers[0]
+        assert type(layer.gate) is spec.cls is getattr(moe.gates, spec.cls.__name__)
+        assert len(layer.experts) == spec.experts(c) == c.effective_experts
+        assert layer.experts[0].fc1.out_features == spec.expert_hidden(c)
+
+
+def test_config_and_gate_names_need_no_torch() -> None:
+    """Config errors come before heavy imports; the lazy package still exports the functions."""
+    code = (
+        "import sys, moe.config; assert moe.config.GATES and 'torch' not in sys.modules\n"
+        "import moe.train; from moe import train; assert callable(train)"  # not the submodule
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[1])

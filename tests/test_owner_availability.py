@@ -19,14 +19,13 @@ import pytest
 from grpc_reflection.v1alpha import reflection_pb2 as rpb
 from grpc_reflection.v1alpha import reflection_pb2_grpc as rpb_grpc
 from helpers_grpc import (
-    TOKENS,
     OwnerClient,
+    bearer,
     digits_data,
     owner_config,
     raw_request,
     running_owner,
     status_of,
-    tiny_model_bytes,
 )
 from helpers_hardening import OwnerProcess, is_serving, synthetic_data, wait_until, write_owner
 
@@ -37,10 +36,6 @@ from owner_node.errors import Busy
 from owner_node.limits import Limiter
 from owner_node.scheduler import FairScheduler
 from owner_node.watchdog import Watchdog
-
-
-def _auth(name: str) -> tuple[tuple[str, str], ...]:
-    return (("authorization", f"Bearer {TOKENS[name]}"),)
 
 
 class _Held:
@@ -72,7 +67,7 @@ def _stalled_upload(channel: grpc.Channel, name: str, model: bytes) -> _Held:
         pb.ModelChunk(sha256=model_sha256(model), total_size=len(model), data=model[:1024])
     )
     held.call = pb_grpc.DataOwnerStub(channel).UploadModel.future(
-        held.iterator(), metadata=_auth(name), timeout=120
+        held.iterator(), metadata=bearer(name), timeout=120
     )
     return held
 
@@ -109,16 +104,6 @@ def _threads(pid: int) -> int:
     raise AssertionError("no Threads line")
 
 
-@pytest.fixture(scope="module")
-def data():
-    return digits_data("train")
-
-
-@pytest.fixture(scope="module")
-def model(data) -> bytes:
-    return tiny_model_bytes(data)
-
-
 # --- the node under hostile streams (its own process: real thread counts) ---
 
 
@@ -142,8 +127,8 @@ def test_health_and_describe_answer_while_hostile_streams_are_open(tmp_path, dat
         held += uploads
         time.sleep(1.0)
         assert is_serving(owner.address, timeout=3)
-        describe = OwnerClient(channel, TOKENS["alice"]).stub.Describe(
-            pb.DescribeRequest(), metadata=_auth("alice"), timeout=3
+        describe = OwnerClient.of(channel, "alice").stub.Describe(
+            pb.DescribeRequest(), metadata=bearer("alice"), timeout=3
         )
         assert describe.owner_name == "proc-owner"
         assert time.monotonic() - started < idle, "checked after the streams were cancelled"
@@ -158,7 +143,7 @@ def test_health_and_describe_answer_while_hostile_streams_are_open(tmp_path, dat
         assert codes.count(grpc.StatusCode.CANCELLED) == 2
         # Their places are back: a real upload from each trainer now succeeds.
         for name in ("alice", "bob"):
-            assert _upload_when_free(OwnerClient(channel, TOKENS[name]), model)
+            assert _upload_when_free(OwnerClient.of(channel, name), model)
         assert is_serving(owner.address, timeout=3)
         channel.close()
     finally:
@@ -184,8 +169,8 @@ def test_calls_that_never_send_their_request_cannot_hold_threads(tmp_path, data)
                     stalled.append(held)
             time.sleep(1.0)
             assert is_serving(f"127.0.0.1:{port}", timeout=3)
-            client = OwnerClient(channel, TOKENS["alice"])
-            assert client.stub.Describe(pb.DescribeRequest(), metadata=_auth("alice"), timeout=3)
+            client = OwnerClient.of(channel, "alice")
+            assert client.stub.Describe(pb.DescribeRequest(), metadata=bearer("alice"), timeout=3)
             codes = {_code(h, timeout=20) for h in stalled}
             assert codes == {grpc.StatusCode.CANCELLED}
             for h in stalled:
@@ -198,7 +183,7 @@ def test_calls_that_never_send_their_request_cannot_hold_threads(tmp_path, data)
 def test_reflection_is_off_by_default(tmp_path, data):
     with running_owner(owner_config(tmp_path), data) as (_, port):
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-            stream = _reflection_stream(channel, _auth("alice"))
+            stream = _reflection_stream(channel, bearer("alice"))
             stream.requests.put(rpb.ServerReflectionRequest(list_services=""))
             assert _code(stream) == grpc.StatusCode.UNIMPLEMENTED
             stream.close()
@@ -213,18 +198,18 @@ def test_reflection_when_on_needs_credentials_and_is_bounded(tmp_path, data):
             assert _code(anonymous) == grpc.StatusCode.UNAUTHENTICATED
             anonymous.close()
 
-            alice = _reflection_stream(channel, _auth("alice"))
+            alice = _reflection_stream(channel, bearer("alice"))
             alice.requests.put(rpb.ServerReflectionRequest(list_services=""))
             reply = next(alice.call)
             names = {s.name for s in reply.list_services_response.service}
             assert {"mycroft.v1.DataOwner", "grpc.health.v1.Health"} <= names
             # one open stream per trainer; the node's total is 2
-            again = _reflection_stream(channel, _auth("alice"))
+            again = _reflection_stream(channel, bearer("alice"))
             assert _code(again) == grpc.StatusCode.UNAVAILABLE
-            bob = _reflection_stream(channel, _auth("bob"))
+            bob = _reflection_stream(channel, bearer("bob"))
             bob.requests.put(rpb.ServerReflectionRequest(list_services=""))
             assert next(bob.call).list_services_response.service
-            carol = _reflection_stream(channel, _auth("carol"))
+            carol = _reflection_stream(channel, bearer("carol"))
             assert _code(carol) == grpc.StatusCode.UNAVAILABLE
             for h in (alice, again, bob, carol):
                 h.close()
@@ -242,17 +227,17 @@ def test_upload_places_are_bounded_per_trainer_and_stalled_uploads_are_cancelled
             stalled = _stalled_upload(channel, "alice", model)
             assert wait_until(lambda: server.engine.scheduler.places.in_use("alice") == 1, 10)
             with pytest.raises(grpc.RpcError) as e:
-                OwnerClient(channel, TOKENS["alice"]).upload(model)
+                OwnerClient.of(channel, "alice").upload(model)
             code, message = status_of(e)
             assert code == grpc.StatusCode.UNAVAILABLE and "model uploads" in message
-            assert OwnerClient(channel, TOKENS["bob"]).upload(model).present  # others go on
+            assert OwnerClient.of(channel, "bob").upload(model).present  # others go on
             assert _code(stalled) == grpc.StatusCode.CANCELLED
             stalled.close()
             assert wait_until(lambda: server.engine.scheduler.places.in_use("alice") == 0, 10)
             assert not list(
                 server.engine.models.path("alice", model_sha256(model)).parent.glob(".upload-*")
             )
-            assert _upload_when_free(OwnerClient(channel, TOKENS["alice"]), model)
+            assert _upload_when_free(OwnerClient.of(channel, "alice"), model)
 
 
 def test_full_places_refuse_selects_and_uploads_of_that_trainer_only(tmp_path, data, model):
@@ -260,7 +245,7 @@ def test_full_places_refuse_selects_and_uploads_of_that_trainer_only(tmp_path, d
     test = digits_data("test")
     with running_owner(config, data) as (server, port):
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-            alice, bob = (OwnerClient(channel, TOKENS[n]) for n in ("alice", "bob"))
+            alice, bob = (OwnerClient.of(channel, n) for n in ("alice", "bob"))
             held = [server.engine.reserve("alice") for _ in range(2)]
             before = alice.describe().budget
             request = raw_request("r1", "random", 5, "", test.features[:10], test.labels[:10])
@@ -294,7 +279,7 @@ def test_unread_select_stream_is_cancelled_and_gives_its_place_back(tmp_path):
             hard = big.features[:4].reshape(4, -1)
             request = raw_request("big", "random", 128, "", hard, big.labels[:4])
             call = pb_grpc.DataOwnerStub(channel).Select(
-                request, metadata=_auth("alice"), timeout=60
+                request, metadata=bearer("alice"), timeout=60
             )
             assert wait_until(lambda: server.engine.scheduler.places.in_use() == 1, 10)
             # Never read: the watchdog cancels the stalled stream and the place is released.
@@ -304,7 +289,7 @@ def test_unread_select_stream_is_cancelled_and_gives_its_place_back(tmp_path):
                     pass
             assert e.value.code() == grpc.StatusCode.CANCELLED
             # The rows were charged before streaming: the same request id replays them free.
-            again = OwnerClient(channel, TOKENS["alice"]).select(request)
+            again = OwnerClient.of(channel, "alice").select(request)
             assert again.summary.replayed and len(again.row_ids) == 128
 
 

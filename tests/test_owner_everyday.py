@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from grpc_health.v1 import health_pb2
-from helpers_grpc import TOKENS, digits_data, owner_config, running_owner
+from helpers_grpc import TOKENS, owner_config, running_owner
 
 from mycroft.cli import main as mycroft_main
 from mycroft.errors import ConfigError, MycroftError
@@ -28,11 +28,6 @@ SERVE_COMMANDS = {
     "mycroft-owner-serve": ["-m", "mycroft", "owner", "serve", "--config"],
     "python-m-owner_node": ["-m", "owner_node", "--config"],
 }
-
-
-@pytest.fixture(scope="module")
-def data():
-    return digits_data()
 
 
 def _free_port() -> int:

@@ -24,14 +24,9 @@ from mycroft import wire
 from mycroft.v1 import owner_pb2 as pb
 from owner_node.models import trainer_key
 from selection.base import Head
-from selection.gradients import last_layer_gradients
+from selection.last_layer_grads import last_layer_gradients
 
 HARD_CLASSES = (3, 8)
-
-
-@pytest.fixture(scope="module")
-def data():
-    return digits_data("train")
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +48,7 @@ def owner(tmp_path_factory, data, model_bytes):
     with running_owner(config, data) as (server, port):
         channel = grpc.insecure_channel(f"127.0.0.1:{port}")
         for name in TOKENS:  # models belong to their uploader: every trainer uploads its own
-            assert OwnerClient(channel, TOKENS[name]).upload(model_bytes).present
+            assert OwnerClient.of(channel, name).upload(model_bytes).present
         yield server, channel
         channel.close()
 
@@ -250,120 +245,45 @@ def test_other_trainers_ledger_is_permission_denied(owner):
 
 
 def _malformed(sha, hard):
+    """(case, request, expected status, what the details must name)."""
     feats, labels = hard
     nan = feats.copy()
     nan[0, 0, 0, 0] = np.nan
     bad_labels = labels.copy()
     bad_labels[0] = 10
-    bytes_short = raw_request("m", "feature", 5, sha, feats, labels)
-    bytes_short.raw.features.data = bytes_short.raw.features.data[:-4]
     emb = np.zeros((len(labels), 9), np.float32)  # the model's embed_dim is 8
     grads = np.zeros((len(labels), 10 * 9 + 1), np.float32)
     ok_emb = np.zeros((len(labels), 8), np.float32)
+
+    def raw(rid="m", method="feature", budget=5, model=sha, x=feats, y=labels, **kw):
+        return raw_request(rid, method, budget, model, x, y, **kw)
+
+    def embedded(method, embeddings, gradients):
+        return embedded_request("m", method, 5, sha, embeddings, gradients, labels)
+
+    bytes_short = raw()
+    bytes_short.raw.features.data = bytes_short.raw.features.data[:-4]
+    bad = "INVALID_ARGUMENT"
+    no_hard = pb.SelectRequest(request_id="m", method="feature", budget=5, model_sha256=sha)
     return [
-        (
-            "wrong dtype",
-            raw_request("m", "feature", 5, sha, feats.astype(np.float64), labels),
-            "INVALID_ARGUMENT",
-            "hard_set.raw.features",
-        ),
-        (
-            "bad shape",
-            raw_request("m", "feature", 5, sha, feats.reshape(len(feats), 64), labels),
-            "INVALID_ARGUMENT",
-            "hard_set.raw.features",
-        ),
-        ("byte count", bytes_short, "INVALID_ARGUMENT", "hard_set.raw.features"),
-        (
-            "nan",
-            raw_request("m", "feature", 5, sha, nan, labels),
-            "INVALID_ARGUMENT",
-            "hard_set.raw.features",
-        ),
-        (
-            "label range",
-            raw_request("m", "feature", 5, sha, feats, bad_labels),
-            "INVALID_ARGUMENT",
-            "hard_set.raw.labels",
-        ),
-        (
-            "label count",
-            raw_request("m", "feature", 5, sha, feats, labels[:-1]),
-            "INVALID_ARGUMENT",
-            "hard_set.raw.labels",
-        ),
-        (
-            "unknown method",
-            raw_request("m", "magic", 5, sha, feats, labels),
-            "INVALID_ARGUMENT",
-            "method",
-        ),
-        (
-            "zero budget",
-            raw_request("m", "feature", 0, sha, feats, labels),
-            "INVALID_ARGUMENT",
-            "budget",
-        ),
-        (
-            "huge budget",
-            raw_request("m", "feature", 10**9, sha, feats, labels),
-            "INVALID_ARGUMENT",
-            "budget",
-        ),
-        (
-            "no request id",
-            raw_request("", "feature", 5, sha, feats, labels),
-            "INVALID_ARGUMENT",
-            "request_id",
-        ),
-        (
-            "long request id",
-            raw_request("x" * 500, "feature", 5, sha, feats, labels),
-            "INVALID_ARGUMENT",
-            "request_id",
-        ),
-        (
-            "unknown param",
-            raw_request("m", "feature", 5, sha, feats, labels, params={"zz": 1}),
-            "INVALID_ARGUMENT",
-            "params.zz",
-        ),
-        (
-            "unknown model",
-            raw_request("m", "feature", 5, "ab" * 32, feats, labels),
-            "NOT_FOUND",
-            "upload it first",
-        ),
-        (
-            "bad model hash",
-            raw_request("m", "feature", 5, "xyz", feats, labels),
-            "INVALID_ARGUMENT",
-            "model_sha256",
-        ),
-        (
-            "no hard set",
-            pb.SelectRequest(request_id="m", method="feature", budget=5, model_sha256=sha),
-            "INVALID_ARGUMENT",
-            "hard_set",
-        ),
-        (
-            "embedding dim",
-            embedded_request("m", "feature", 5, sha, emb, None, labels),
-            "INVALID_ARGUMENT",
-            "hard_set.embedded.embeddings",
-        ),
-        (
-            "gradient dim",
-            embedded_request("m", "gradient", 5, sha, ok_emb, grads, labels),
-            "INVALID_ARGUMENT",
-            "hard_set.embedded.gradients",
-        ),
-        (
-            "binning without raw rows",
-            embedded_request("m", "binning", 5, sha, ok_emb, None, labels),
-            "INVALID_ARGUMENT",
-            "hard_set",
-        ),
+        ("wrong dtype", raw(x=feats.astype(np.float64)), bad, "hard_set.raw.features"),
+        ("bad shape", raw(x=feats.reshape(len(feats), 64)), bad, "hard_set.raw.features"),
+        ("byte count", bytes_short, bad, "hard_set.raw.features"),
+        ("nan", raw(x=nan), bad, "hard_set.raw.features"),
+        ("label range", raw(y=bad_labels), bad, "hard_set.raw.labels"),
+        ("label count", raw(y=labels[:-1]), bad, "hard_set.raw.labels"),
+        ("unknown method", raw(method="magic"), bad, "method"),
+        ("zero budget", raw(budget=0), bad, "budget"),
+        ("huge budget", raw(budget=10**9), bad, "budget"),
+        ("no request id", raw(rid=""), bad, "request_id"),
+        ("long request id", raw(rid="x" * 500), bad, "request_id"),
+        ("unknown param", raw(params={"zz": 1}), bad, "params.zz"),
+        ("unknown model", raw(model="ab" * 32), "NOT_FOUND", "upload it first"),
+        ("bad model hash", raw(model="xyz"), bad, "model_sha256"),
+        ("no hard set", no_hard, bad, "hard_set"),
+        ("embedding dim", embedded("feature", emb, None), bad, "hard_set.embedded.embeddings"),
+        ("gradient dim", embedded("gradient", ok_emb, grads), bad, "hard_set.embedded.gradients"),
+        ("binning without raw rows", embedded("binning", ok_emb, None), bad, "hard_set"),
     ]
 
 

@@ -18,9 +18,8 @@ import numpy as np
 import pytest
 from helpers_grpc import (
     TOKENS,
-    OwnerClient,
     acquire_context,
-    digits_data,
+    connected,
     owner_config,
     raw_request,
     running_owner,
@@ -173,17 +172,16 @@ def plugins():
         selection.base._REGISTRY.pop(name, None)
 
 
-def test_query_allowance_is_charged_before_work_and_stops_the_caller(tmp_path, plugins):
-    data = digits_data()
+def test_query_allowance_is_charged_before_work_and_stops_the_caller(
+    tmp_path, plugins, data, model
+):
     hard = data.features[:4], data.labels[:4]
     config = owner_config(
         tmp_path,
         trainers=[{"id": "alice", "token": TOKENS["alice"], "cap": 100, "queries": 4}],
         selection={"methods": ["test_counting", "test_failing", "random"]},
     )
-    model = tiny_model_bytes(data)
-    with running_owner(config, data) as (_, port), grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
-        alice = OwnerClient(ch, TOKENS["alice"])
+    with connected(config, data) as (alice, _):
         assert alice.describe().budget.queries_left == 4
         first = raw_request("q1", "test_counting", 3, "", *hard)
         assert len(alice.select(first).row_ids) == 3
@@ -219,9 +217,8 @@ def test_query_allowance_is_charged_before_work_and_stops_the_caller(tmp_path, p
         assert (budget.queries, budget.queries_used, budget.queries_left) == (4, 4, 0)
 
 
-def test_concurrent_copies_of_one_request_compute_once(tmp_path, plugins):
+def test_concurrent_copies_of_one_request_compute_once(tmp_path, plugins, data):
     """A retry racing its original waits for it and replays it: one query, one computation."""
-    data = digits_data()
     config = owner_config(
         tmp_path,
         trainers=[{"id": "alice", "token": TOKENS["alice"], "cap": 100, "queries": 50}],
@@ -229,8 +226,7 @@ def test_concurrent_copies_of_one_request_compute_once(tmp_path, plugins):
     )
     request = raw_request("same", "test_counting", 5, "", data.features[:4], data.labels[:4])
     results: list = []
-    with running_owner(config, data) as (_, port), grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
-        alice = OwnerClient(ch, TOKENS["alice"])
+    with connected(config, data) as (alice, _):
         threads = [
             threading.Thread(target=lambda: results.append(alice.select(request))) for _ in range(8)
         ]
@@ -243,16 +239,15 @@ def test_concurrent_copies_of_one_request_compute_once(tmp_path, plugins):
         assert Counting.calls == 1 and alice.ledger().budget.queries_used == 1
 
 
-def test_trainer_reports_a_spent_query_allowance(tmp_path, caplog):
+def test_trainer_reports_a_spent_query_allowance(tmp_path, caplog, data, model):
     """The trainer warns before it starts and names the allowance when the owner refuses."""
     from trainer_node.acquire import acquire_all
     from trainer_node.config import ClientSettings, OwnerEndpoint
 
-    data = digits_data()
-    ctx = acquire_context(data, tiny_model_bytes(data), ("random", "feature"), (3, 5), "allowance")
+    ctx = acquire_context(data, model, ("random", "feature"), (3, 5), "allowance")
     trainers = [{"id": "alice", "token": TOKENS["alice"], "cap": 100, "queries": 3}]
     with running_owner(owner_config(tmp_path, trainers=trainers), data) as (_, port):
-        endpoint = OwnerEndpoint("small", f"127.0.0.1:{port}", TOKENS["alice"])
+        endpoint = OwnerEndpoint(name="small", address=f"127.0.0.1:{port}", token=TOKENS["alice"])
         (outcome,) = acquire_all([endpoint], ClientSettings(retries=0), ctx)
     assert "query allowance: 3 of 3 left, this run may need up to 5" in caplog.text
     answered = [r for r in outcome.requests if r.subset is not None]

@@ -17,9 +17,8 @@ from pathlib import Path
 import grpc
 import pytest
 from helpers_grpc import (
-    TOKENS,
     OwnerClient,
-    digits_data,
+    bearer,
     owner_config,
     raw_request,
     running_owner,
@@ -117,7 +116,7 @@ def test_distinct_index_params_keep_cache_bytes_bounded(tmp_path, big_owner_data
         grpc.insecure_channel(f"127.0.0.1:{port}") as ch,
     ):
         store = server.engine.models
-        alice = OwnerClient(ch, TOKENS["alice"])
+        alice = OwnerClient.of(ch, "alice")
         alice.upload(model)
         keys_seen: set[tuple] = set()
         largest = 0
@@ -160,7 +159,7 @@ def test_owner_rss_bounded_under_distinct_index_params(tmp_path, big_owner_data)
     owner = OwnerProcess(config).start()
     try:
         with grpc.insecure_channel(owner.address) as ch:
-            alice = OwnerClient(ch, TOKENS["alice"])
+            alice = OwnerClient.of(ch, "alice")
             alice.upload(model)
             alice.select(raw_request("p-warm", "feature", 5, sha, hard.features, hard.labels))
             before = owner.rss_kib()[0]
@@ -210,8 +209,7 @@ def stored(state: Path, trainer: str) -> set[str]:
     return {p.stem for p in (state / "models" / trainer_key(trainer)).glob("*.safetensors")}
 
 
-def test_upload_over_trainer_quota_evicts_its_lru_model(tmp_path) -> None:
-    data = digits_data()
+def test_upload_over_trainer_quota_evicts_its_lru_model(tmp_path, data) -> None:
     models = [sized_model(data, seed=i) for i in range(3)]
     shas = [model_sha256(m) for m in models]
     assert all(350_000 < len(m) < 450_000 for m in models), [len(m) for m in models]
@@ -223,7 +221,7 @@ def test_upload_over_trainer_quota_evicts_its_lru_model(tmp_path) -> None:
         running_owner(config, data) as (server, port),
         grpc.insecure_channel(f"127.0.0.1:{port}") as ch,
     ):
-        alice, bob = OwnerClient(ch, TOKENS["alice"]), OwnerClient(ch, TOKENS["bob"])
+        alice, bob = OwnerClient.of(ch, "alice"), OwnerClient.of(ch, "bob")
         for sha, model in zip(shas[:2], models[:2], strict=True):
             alice.upload(model)  # the warm-up writes its embeddings in the background: wait
             assert wait_until(lambda s=sha: any(emb.glob(f"{s}-*.npy")), 30)
@@ -262,10 +260,9 @@ def test_upload_over_trainer_quota_evicts_its_lru_model(tmp_path) -> None:
         assert not list(state.rglob(".upload-*"))
 
 
-def test_upload_refused_when_nothing_can_be_evicted(tmp_path) -> None:
+def test_upload_refused_when_nothing_can_be_evicted(tmp_path, data) -> None:
     """Models in use by a running selection are not evicted: the upload that needs their room
     is Busy (UNAVAILABLE: retried, as they will be evictable), and nothing is left on disk."""
-    data = digits_data()
     first, second, third = (sized_model(data, seed=i) for i in range(3))
     store = ModelStore(
         tmp_path,
@@ -359,11 +356,11 @@ def test_sigkill_mid_upload_leaves_no_temp_files(tmp_path) -> None:
     sha = model_sha256(model)
     hard = synthetic_data(rows=6, dim=16, classes=4, seed=1)
     request = raw_request("before-kill", "random", 5, "", hard.features, hard.labels)
-    auth = (("authorization", f"Bearer {TOKENS['alice']}"),)
+    auth = bearer("alice")
     owner = OwnerProcess(config).start()
     try:
         with grpc.insecure_channel(owner.address) as ch:
-            first = OwnerClient(ch, TOKENS["alice"]).select(request)
+            first = OwnerClient.of(ch, "alice").select(request)
         for _ in range(3):  # three rounds, as in the attack
             release = threading.Event()
             with grpc.insecure_channel(owner.address) as ch:
@@ -383,7 +380,7 @@ def test_sigkill_mid_upload_leaves_no_temp_files(tmp_path) -> None:
         with sqlite3.connect(state / "ledger.db") as raw:
             assert raw.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         with grpc.insecure_channel(owner.address) as ch:
-            alice = OwnerClient(ch, TOKENS["alice"])
+            alice = OwnerClient.of(ch, "alice")
             again = alice.select(request)
             assert again.summary.replayed and again.row_ids.tolist() == first.row_ids.tolist()
             assert again.summary.budget.used == first.summary.budget.used == 5
@@ -393,8 +390,7 @@ def test_sigkill_mid_upload_leaves_no_temp_files(tmp_path) -> None:
         owner.kill()
 
 
-def test_start_removes_strays_and_never_follows_symlinks(tmp_path) -> None:
-    data = digits_data()
+def test_start_removes_strays_and_never_follows_symlinks(tmp_path, data) -> None:
     state = tmp_path / "state"
     tkey = trainer_key("alice")
     outside = tmp_path / "outside"

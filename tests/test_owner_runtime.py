@@ -18,8 +18,7 @@ import grpc
 import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from helpers_grpc import TOKENS, OwnerClient, digits_data, owner_config, raw_request, status_of
-from helpers_grpc import running_owner as running
+from helpers_grpc import TOKENS, OwnerClient, connected, owner_config, raw_request, status_of
 
 import selection.base
 from selection.base import SelectionResult, Strategy, register
@@ -64,11 +63,6 @@ def blocking():
     Blocking.release.set()
 
 
-@pytest.fixture(scope="module")
-def data():
-    return digits_data()
-
-
 def _config(tmp_path, **owner):
     return owner_config(
         tmp_path, owner=owner, selection={"methods": ["random", "test_blocking", "test_broken"]}
@@ -94,11 +88,7 @@ def _in_thread(fn):
 
 
 def test_describe_and_health_respond_while_selecting(tmp_path, data, blocking):
-    with (
-        running(_config(tmp_path), data) as (_, port),
-        grpc.insecure_channel(f"127.0.0.1:{port}") as ch,
-    ):
-        alice = OwnerClient(ch, TOKENS["alice"])
+    with connected(_config(tmp_path), data) as (alice, ch):
         t, out = _in_thread(lambda: alice.select(_request("slow-1", data)))
         assert blocking.started.wait(10)
         assert alice.describe().trainer_id == "alice"  # gRPC threads are free
@@ -111,11 +101,7 @@ def test_describe_and_health_respond_while_selecting(tmp_path, data, blocking):
 
 
 def test_unexpected_error_is_internal_without_details(tmp_path, data, caplog):
-    with (
-        running(_config(tmp_path), data) as (_, port),
-        grpc.insecure_channel(f"127.0.0.1:{port}") as ch,
-    ):
-        alice = OwnerClient(ch, TOKENS["alice"])
+    with connected(_config(tmp_path), data) as (alice, _):
         with pytest.raises(grpc.RpcError) as e:
             alice.select(_request("broken-1", data, method="test_broken"))
         code, details = status_of(e)
@@ -126,11 +112,7 @@ def test_unexpected_error_is_internal_without_details(tmp_path, data, caplog):
 
 
 def test_deadline_then_retry_with_same_request_id(tmp_path, data, blocking):
-    with (
-        running(_config(tmp_path), data) as (_, port),
-        grpc.insecure_channel(f"127.0.0.1:{port}") as ch,
-    ):
-        alice = OwnerClient(ch, TOKENS["alice"])
+    with connected(_config(tmp_path), data) as (alice, _):
         with pytest.raises(grpc.RpcError) as e:
             alice.select(_request("late-1", data), timeout=0.5)
         assert status_of(e)[0] == grpc.StatusCode.DEADLINE_EXCEEDED
@@ -142,8 +124,7 @@ def test_deadline_then_retry_with_same_request_id(tmp_path, data, blocking):
 
 def test_full_worker_pool_is_unavailable(tmp_path, data, blocking):
     config = _config(tmp_path, selection_workers=1, selection_queue=0)
-    with running(config, data) as (_, port), grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
-        alice = OwnerClient(ch, TOKENS["alice"])
+    with connected(config, data) as (alice, _):
         t, out = _in_thread(lambda: alice.select(_request("busy-1", data)))
         assert blocking.started.wait(10)
         with pytest.raises(grpc.RpcError) as e:
@@ -161,7 +142,7 @@ def test_graceful_stop_finishes_in_flight_selection(tmp_path, data, blocking):
     server, port = build_server(_config(tmp_path), data)
     server.start()
     with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
-        alice = OwnerClient(ch, TOKENS["alice"])
+        alice = OwnerClient.of(ch, "alice")
         t, out = _in_thread(lambda: alice.select(_request("inflight-1", data)))
         assert blocking.started.wait(10)
         closed = server.stop(grace=10)
@@ -197,7 +178,7 @@ def test_python_m_owner_node_runs_and_stops_on_sigterm(tmp_path):
             port = int(match.group(1)) if match else None
         assert port, "the owner did not report its port"
         with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
-            assert OwnerClient(ch, TOKENS["alice"]).describe().owner_name == "proc"
+            assert OwnerClient.of(ch, "alice").describe().owner_name == "proc"
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0
         assert (tmp_path / "state" / "ledger.db").exists()

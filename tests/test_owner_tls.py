@@ -8,7 +8,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from helpers_grpc import TOKENS, OwnerClient, digits_data, owner_config, running_owner, status_of
+from helpers_grpc import OwnerClient, digits_data, owner_config, running_owner, status_of
 
 pytestmark = pytest.mark.skipif(
     shutil.which("openssl") is None, reason="openssl is not installed: cannot make test certs"
@@ -109,7 +109,7 @@ def test_server_tls_with_bearer_tokens(tmp_path, certs):
     tls = {"cert": str(certs / "owner.crt"), "key": str(certs / "owner.key")}
     with running_owner(owner_config(tmp_path, tls=tls), digits_data()) as (_, port):
         with _channel(certs, port, None) as ch:
-            assert OwnerClient(ch, TOKENS["bob"]).describe().trainer_id == "bob"
+            assert OwnerClient.of(ch, "bob").describe().trainer_id == "bob"
             with pytest.raises(grpc.RpcError) as e:
                 OwnerClient(ch, None).describe()
             assert status_of(e)[0] == grpc.StatusCode.UNAUTHENTICATED

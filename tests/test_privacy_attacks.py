@@ -112,7 +112,7 @@ def test_overflow_model_is_refused_at_upload(tmp_path, tabular) -> None:
         running_owner(config, tabular) as (server, port),
         grpc.insecure_channel(f"127.0.0.1:{port}") as ch,
     ):
-        alice = OwnerClient(ch, TOKENS["alice"])
+        alice = OwnerClient.of(ch, "alice")
         with pytest.raises(grpc.RpcError) as e:
             alice.upload(attack)
         code, details = status_of(e)
@@ -131,7 +131,7 @@ def _bisection_attack(port: int, data: LabeledData, max_queries: int = 200) -> T
     lo = data.features.min(axis=0) - 1.0
     hi = data.features.max(axis=0) + 1.0
     with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
-        alice = OwnerClient(ch, TOKENS["alice"])
+        alice = OwnerClient.of(ch, "alice")
         plain = tiny_model_bytes(data)
         transcript: Transcript = [_answer(lambda: alice.upload(plain))]
         spend = raw_request("spend", "random", 1, model_sha256(plain), far, np.array([0]))
@@ -180,7 +180,7 @@ def test_overflow_model_gives_no_oracle(tmp_path, tabular, monkeypatch) -> None:
         with running_owner(config, data) as (_, port):
             transcripts.append(_bisection_attack(port, data))
             with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
-                bob = OwnerClient(ch, TOKENS["bob"])
+                bob = OwnerClient.of(ch, "bob")
                 assert bob.upload(attack).present
                 label = np.array([tabular.labels[TARGET]])
                 inside = center[None].astype(np.float32)  # D_hard the model embeds finitely
@@ -218,7 +218,7 @@ def _cap_probes(port: int, data: LabeledData, shared: np.ndarray, model: bytes) 
     rng = np.random.default_rng(11)
     transcript: Transcript = []
     with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
-        carol, bob = OwnerClient(ch, TOKENS["carol"]), OwnerClient(ch, TOKENS["bob"])
+        carol, bob = OwnerClient.of(ch, "carol"), OwnerClient.of(ch, "bob")
         for trainer in (carol, bob):
             transcript.append(_answer(lambda t=trainer: t.upload(model)))
             spend = raw_request(
@@ -284,7 +284,7 @@ def test_trainer_b_cannot_see_or_use_trainer_a_model(tmp_path) -> None:
         running_owner(config, digits) as (server, port),
         grpc.insecure_channel(f"127.0.0.1:{port}") as ch,
     ):
-        alice, bob = OwnerClient(ch, TOKENS["alice"]), OwnerClient(ch, TOKENS["bob"])
+        alice, bob = OwnerClient.of(ch, "alice"), OwnerClient.of(ch, "bob")
         assert alice.upload(model).present
         assert alice.has_model(sha).present
         assert not bob.has_model(sha).present  # invisible to the other trainer

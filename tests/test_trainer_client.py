@@ -9,36 +9,19 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 import numpy as np
 import pytest
+from helpers_grpc import tiny_model_bytes
 
 from mycroft import wire
 from mycroft.data import Digits
+from mycroft.messages import RawHard, SelectRequestSpec
 from mycroft.v1 import owner_pb2 as pb
 from mycroft.v1 import owner_pb2_grpc as pb_grpc
 from owner_node.config import parse_config as owner_config
 from owner_node.server import build_server
-from trainer_node.client import OwnerClient, OwnerError, RawHard, SelectRequestSpec
+from trainer_node.client import OwnerClient, OwnerError
 from trainer_node.config import ClientSettings, OwnerEndpoint
 
 TOKEN = "trainer-test-token-0123456789"
-
-
-def tiny_model_bytes(data, seed: int = 0, **sizes: int) -> bytes:
-    import torch
-
-    from moe.config import ModelConfig
-    from moe.io import model_to_bytes
-    from moe.model import build_model
-
-    torch.manual_seed(seed)
-    shape = {"stem_dim": 16, "conv_channels": 4, "embed_dim": 8, "num_experts": 2}
-    cfg = ModelConfig(
-        input_shape=data.input_shape,
-        num_classes=data.num_classes,
-        class_names=data.class_names,
-        top_k=1,
-        **{**shape, "expert_hidden": 8, **sizes},
-    )
-    return model_to_bytes(build_model(cfg))
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +53,7 @@ def model(digits):
 
 
 def client_for(address: str, sleeps: list[float] | None = None, token: str = TOKEN, **settings):
-    endpoint = OwnerEndpoint("o1", address, token, deadline_seconds=20)
+    endpoint = OwnerEndpoint(name="o1", address=address, token=token, deadline_seconds=20)
     s = ClientSettings(**{"retries": 2, "backoff": 0.01, **settings})
     return OwnerClient(endpoint, s, sleep=sleeps.append if sleeps is not None else None)
 
@@ -296,7 +279,13 @@ def test_tls_and_mutual_tls(tmp_path, certs, digits, mutual):
             client_key=certs / "trainer.key" if mutual else None,
         )
         token = None if mutual else TOKEN
-        endpoint = OwnerEndpoint("o1", f"localhost:{port}", token, client_tls, 10.0)
+        endpoint = OwnerEndpoint(
+            name="o1",
+            address=f"localhost:{port}",
+            token=token,
+            tls=client_tls,
+            deadline_seconds=10.0,
+        )
         with OwnerClient(endpoint, ClientSettings(retries=0)) as c:
             assert c.describe().trainer_id == "t1"
     finally:

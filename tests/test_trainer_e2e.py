@@ -12,10 +12,9 @@ import json
 
 import numpy as np
 import pytest
+from helpers_grpc import serve_for_trainer, trainer_toml_head
 
 from mycroft.data import Digits, save_npz
-from owner_node.config import parse_config as owner_config
-from owner_node.server import build_server
 from trainer_node.config import load_config
 from trainer_node.pipeline import run_trainer, run_trainer_from_path
 from trainer_node.report import load_report
@@ -31,25 +30,7 @@ def _trainer_toml(tmp, owners: dict[str, str]) -> str:
         for name, addr in owners.items()
     )
     return f"""
-[trainer]
-id = "t1"
-run_dir = "run"
-run_id = "e2e-run"
-
-[data]
-train = "train.npz"
-test = "test.npz"
-val_fraction = 0.4
-
-[model]
-gate = "topk"
-num_experts = 2
-top_k = 1
-embed_dim = 8
-stem_dim = 16
-conv_channels = 4
-expert_hidden = 16
-
+{trainer_toml_head("e2e-run")}
 [training]
 epochs = 4
 batch_size = 32
@@ -90,20 +71,7 @@ def world(tmp_path_factory):
             data = train.subset(idx, name)
             if name == "useless":  # nothing of the classes the trainer fails on
                 data = data.subset(np.flatnonzero(~np.isin(data.labels, SCARCE)))
-            cfg = owner_config(
-                {
-                    "owner": {"name": name, "listen": "127.0.0.1:0", "state_dir": f"state-{name}"},
-                    "data": {"source": "digits"},
-                    "budget": {"default_cap": 1000, "max_rows_per_request": 500},
-                    "trainers": [{"id": "t1", "token": TOKEN}],
-                    "selection": {"allow_full": True},
-                },
-                base_dir=tmp,
-            )
-            server, port = build_server(cfg, data)
-            server.start()
-            stack.callback(lambda s=server: s.stop(grace=0.5).wait(10))
-            addresses[name] = f"127.0.0.1:{port}"
+            addresses[name] = serve_for_trainer(stack, tmp, name, data, TOKEN)
         addresses["dead"] = "127.0.0.1:1"  # nothing listens: the run must go on without it
         config_path = tmp / "trainer.toml"
         config_path.write_text(_trainer_toml(tmp, addresses))

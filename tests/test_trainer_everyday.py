@@ -11,12 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers_grpc import save_scarce_trainer_files
+from helpers_grpc import save_scarce_trainer_files, serve_for_trainer, trainer_toml_head
 
 from mycroft.cli import main as cli_main
 from mycroft.errors import ConfigError
-from owner_node.config import parse_config as owner_config
-from owner_node.server import build_server
 from trainer_node import pipeline
 from trainer_node.config import parse_config
 from trainer_node.pipeline import run_trainer_from_path
@@ -125,20 +123,15 @@ def owners(tmp_path_factory) -> Any:
             ("narrow", ["feature"], perm[650:900]),
         ):
             selection = {} if methods is None else {"methods": methods}
-            cfg = owner_config(
-                {
-                    "owner": {"name": name, "listen": "127.0.0.1:0", "state_dir": f"state-{name}"},
-                    "data": {"source": "digits"},
-                    "budget": {"default_cap": 1000},
-                    "trainers": [{"id": "t1", "token": TOKEN}],
-                    "selection": selection,
-                },
-                base_dir=tmp,
+            addresses[name] = serve_for_trainer(
+                stack,
+                tmp,
+                name,
+                train.subset(idx, name),
+                TOKEN,
+                budget={"default_cap": 1000},
+                selection=selection,
             )
-            server, port = build_server(cfg, train.subset(idx, name))
-            server.start()
-            stack.callback(lambda s=server: s.stop(grace=0.5).wait(10))
-            addresses[name] = f"127.0.0.1:{port}"
         yield tmp, addresses
 
 
@@ -152,24 +145,7 @@ def _write_config(folder: Path, run_id: str, owners: list[tuple[str, str, str]])
     path = folder / f"{run_id}.toml"
     path.write_text(
         f"""
-[trainer]
-id = "t1"
-run_dir = "run"
-run_id = "{run_id}"
-
-[data]
-train = "train.npz"
-test = "test.npz"
-val_fraction = 0.4
-
-[model]
-num_experts = 2
-top_k = 1
-embed_dim = 8
-stem_dim = 16
-conv_channels = 4
-expert_hidden = 16
-
+{trainer_toml_head(run_id)}
 [training]
 epochs = 2
 batch_size = 32

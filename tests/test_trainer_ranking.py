@@ -8,14 +8,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from trainer_node.ranking import (
-    Candidate,
-    GainStats,
-    gain_stats,
-    kendall_tau_b,
-    rank_owners,
-    spearman,
-)
+from trainer_node import ranking
+from trainer_node.ranking import gain_stats, kendall_tau_b, rank_owners, spearman
 
 
 def test_gain_stats_t_interval():
@@ -34,8 +28,8 @@ def test_gain_stats_single_seed_has_no_interval():
         gain_stats([])
 
 
-def _c(owner: str, mean: float, ci=None, test: float = 0.0) -> Candidate:
-    return Candidate(owner, GainStats(mean, 0.0, ci, 3 if ci else 1), test)
+def _c(owner: str, mean: float, ci=None, test: float = 0.0) -> ranking.Candidate:
+    return ranking.Candidate(owner, ranking.GainStats(mean, 0.0, ci, 3 if ci else 1), test)
 
 
 def test_rank_by_mean_then_ci_then_test_then_name():

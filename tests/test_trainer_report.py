@@ -3,37 +3,23 @@
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 
 import jsonschema
 import numpy as np
 import pytest
 
+from mycroft.messages import Allowance, SelectSummaryInfo
 from trainer_node import report as report_mod
 from trainer_node.acquire import OwnerOutcome, RequestOutcome
 from trainer_node.client import OwnerError
 from trainer_node.config import OwnerEndpoint
-from trainer_node.messages import BudgetInfo, OwnerSubset, SelectSummaryInfo
-from trainer_node.report import (
-    Baseline,
-    DataSummary,
-    DHardClass,
-    DHardSummary,
-    ModelSummary,
-    Report,
-    Routing,
-    SeedResult,
-    Settings,
-    Timings,
-    load_report,
-    validate_report,
-    write_report,
-)
+from trainer_node.messages import OwnerSubset
+from trainer_node.report import Report, SeedResult, load_report, validate_report, write_report
 from trainer_node.results import full_information, owner_reports, rank_all, setting_key
 from trainer_node.summary import format_summary
 
 CLASSES = ("a", "b", "c")
-ROUTING = Routing([0.5, 0.5], 1.0)
+ROUTING = report_mod.Routing([0.5, 0.5], 1.0)
 
 
 def _subset(n: int, budget: int) -> OwnerSubset:
@@ -42,7 +28,7 @@ def _subset(n: int, budget: int) -> OwnerSubset:
         rows_sent=n,
         new_rows_charged=n,
         replayed=False,
-        budget=BudgetInfo(100, n, 100 - n),
+        budget=Allowance(100, n, 100 - n),
         timings={"score": 0.01},
         missing_classes=(2,) if n < budget else (),
         shortfall_reason="no rows of class c" if n < budget else "",
@@ -96,15 +82,15 @@ GAINS = {
 def _constructed():
     outcomes, results = [], {}
     for name, (feat, full) in GAINS.items():
-        ep = OwnerEndpoint(name, f"127.0.0.1:{5000 + len(outcomes)}", None)
+        ep = OwnerEndpoint(name=name, address=f"127.0.0.1:{5000 + len(outcomes)}")
         reqs = [
             RequestOutcome(f"run.{name}.feature.b8", "feature", 8, 8, _subset(8, 8)),
             RequestOutcome(f"run.{name}.full.b50", "full", 50, 50, _subset(50, 50)),
         ]
-        outcomes.append(OwnerOutcome(ep, None, True, reqs, BudgetInfo(100, 58, 42)))
+        outcomes.append(OwnerOutcome(ep, None, True, reqs, Allowance(100, 58, 42)))
         results[name] = _results("feature", 8, feat, 0.02 if name == "x" else 0.0)
         results[name] += _results("full", 50, full, 0.1)
-    dead = OwnerOutcome(OwnerEndpoint("z", "127.0.0.1:1", None))
+    dead = OwnerOutcome(OwnerEndpoint(name="z", address="127.0.0.1:1"))
     dead.error, dead.error_code = "owner z: UNAVAILABLE: connection refused", "UNAVAILABLE"
     failed_req = RequestOutcome("run.z.feature.b8", "feature", 8, 8)
     failed_req.error = OwnerError("z", "UNAVAILABLE", "connection refused", "run.z.feature.b8")
@@ -122,10 +108,10 @@ def build_report() -> Report:
         run_id="run",
         created_at="2024-01-01T00:00:00+00:00",
         trainer_id="t1",
-        data=DataSummary("toy", 100, 30, 50, [4]),
+        data=report_mod.DataSummary("toy", 100, 30, 50, [4]),
         class_names=list(CLASSES),
-        model=ModelSummary("topk", 4, 2, 8, "0" * 64, 1234, {"gate": "topk"}),
-        settings=Settings(
+        model=report_mod.ModelSummary("topk", 4, 2, 8, "0" * 64, 1234, {"gate": "topk"}),
+        settings=report_mod.Settings(
             methods=["feature", "full"],
             budgets=[8],
             seeds=[0, 1, 2],
@@ -143,12 +129,19 @@ def build_report() -> Report:
             dhard_seed=0,
             selection_seed=0,
         ),
-        baseline=Baseline(0.1, 0.8, 0.79, 0.6, [0.9, 0.8, float("nan")], ROUTING, 1.0),
-        dhard=DHardSummary(["a", "b"], 6, 4, [DHardClass("a", 0, 3, 2), DHardClass("b", 1, 3, 2)]),
+        baseline=report_mod.BaselineSummary(
+            0.1, 0.8, 0.79, 0.6, [0.9, 0.8, float("nan")], ROUTING, 1.0
+        ),
+        dhard=report_mod.DHardSummary(
+            ["a", "b"],
+            6,
+            4,
+            [report_mod.DHardClass("a", 0, 3, 2), report_mod.DHardClass("b", 1, 3, 2)],
+        ),
         owners=owners,
         ranking=ranking,
         full_information=full_information(owners, "finetune"),
-        timings=Timings(3.0, 1.0, 0.5, 1.5),
+        timings=report_mod.Timings(3.0, 1.0, 0.5, 1.5),
     )
 
 
@@ -194,7 +187,7 @@ def test_report_dict_validates_and_round_trips(tmp_path):
 
 def test_price_and_verdict_reach_the_report_and_the_summary():
     outcomes, results = _constructed()
-    outcomes[0].endpoint = replace(outcomes[0].endpoint, price=2.5)
+    outcomes[0].endpoint = outcomes[0].endpoint.model_copy(update={"price": 2.5})
     assert [o.price for o in owner_reports(outcomes, results, CLASSES)] == [2.5, None, None, None]
     obj = build_report().to_dict()
     validate_report(obj)  # the stored verdict fits the schema

@@ -54,3 +54,6 @@ class Digits:
             row_ids=idx.astype(np.int64),
             name=f"digits/{split}",
         )
+
+
+SOURCES = {"digits": Digits}  # found by mycroft.data.registry

@@ -149,3 +149,6 @@ class FashionMNIST:
             row_ids=np.arange(images.shape[0], dtype=np.int64) + offset,
             name=f"fashion_mnist/{split}",
         )
+
+
+SOURCES = {"fashion_mnist": FashionMNIST}  # found by mycroft.data.registry

@@ -71,14 +71,7 @@ def read_npz(path: Path) -> LabeledData:
     name = path.stem
     if "name" in arrays and arrays["name"].dtype.kind in "US" and arrays["name"].ndim == 0:
         name = str(arrays["name"])
-    return LabeledData(
-        features=features,
-        labels=labels,
-        class_names=class_names,
-        row_ids=row_ids,
-        name=name,
-        feature_names=feature_names,
-    )
+    return LabeledData(features, labels, class_names, row_ids, name, feature_names=feature_names)
 
 
 def save_npz(data: LabeledData, path: str | os.PathLike[str], compress: bool = False) -> Path:
@@ -123,3 +116,6 @@ class NpzSource:
                 f"(splits: {', '.join(self.splits)}; give test_path for a test split)"
             )
         return read_npz(self.paths[split])
+
+
+SOURCES = {"npz": NpzSource}  # found by mycroft.data.registry

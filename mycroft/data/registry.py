@@ -1,15 +1,18 @@
 """Data sources by name, built from config tables such as `{source = "csv", path = "x.csv", ...}`.
 
-New sources plug in without editing the owner or trainer node: call `register_source(name,
-factory)`, or declare an entry point in the `mycroft.data_sources` group whose object is the
-factory. A factory takes the config table's other fields as keyword arguments and returns a
+A source is one file: a module in mycroft/data/ with a `SOURCES = {"name": Factory}` table is
+found here without editing anything else. Sources from elsewhere plug in without editing the
+nodes: call `register_source(name, factory)`, or declare an entry point in the
+`mycroft.data_sources` group whose object is the factory. A factory takes the config table's other fields as keyword arguments and returns a
 `DataSource`; unknown or missing fields are reported against its signature.
 """
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import os
+import pkgutil
 import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -18,9 +21,8 @@ from typing import Any
 from mycroft.data.base import DataSource
 from mycroft.data.digits import Digits
 from mycroft.data.fashion_mnist import FashionMNIST
-from mycroft.data.npz import NpzSource
-from mycroft.data.tables import CsvSource, ParquetSource
 from mycroft.errors import ConfigError
+from mycroft.plugins import EntryPoint, PluginGroup
 
 SourceFactory = Callable[..., DataSource]
 ENTRY_POINT_GROUP = "mycroft.data_sources"
@@ -34,15 +36,16 @@ def default_source() -> DataSource:
     return FashionMNIST() if FashionMNIST.available() else Digits()
 
 
-_REGISTRY: dict[str, SourceFactory] = {
-    "fashion_mnist": FashionMNIST,
-    "digits": Digits,
-    "npz": NpzSource,
-    "csv": CsvSource,
-    "parquet": ParquetSource,
-    "default": default_source,
-}
-_plugins_loaded = False
+def _builtin_sources() -> dict[str, SourceFactory]:
+    """The `SOURCES` tables of this folder's modules, plus "default"."""
+    found: dict[str, SourceFactory] = {}
+    for module in pkgutil.iter_modules([str(Path(__file__).parent)]):
+        if module.name != "registry":
+            found |= getattr(importlib.import_module(f"{__package__}.{module.name}"), "SOURCES", {})
+    return found | {"default": default_source}
+
+
+_REGISTRY: dict[str, SourceFactory] = _builtin_sources()
 
 
 def register_source(name: str, factory: SourceFactory, *, replace: bool = False) -> None:
@@ -54,21 +57,17 @@ def register_source(name: str, factory: SourceFactory, *, replace: bool = False)
     _REGISTRY[name] = factory
 
 
-def _load_plugins() -> None:
-    global _plugins_loaded
-    if _plugins_loaded:
-        return
-    _plugins_loaded = True
-    from importlib.metadata import entry_points
+def _add_entry_point(ep: EntryPoint) -> None:
+    if ep.name not in _REGISTRY:  # built-ins and explicit registrations win
+        _REGISTRY[ep.name] = ep.load()
 
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        if ep.name not in _REGISTRY:  # built-ins and explicit registrations win
-            _REGISTRY[ep.name] = ep.load()
+
+_PLUGINS = PluginGroup(ENTRY_POINT_GROUP, _add_entry_point)
 
 
 def available_sources() -> list[str]:
     """Names usable as `source = ...`: built-in, registered and entry-point sources."""
-    _load_plugins()
+    _PLUGINS.load()
     return sorted(_REGISTRY)
 
 
@@ -107,7 +106,7 @@ def open_source(
     name = spec.get("source")
     if not isinstance(name, str) or not name:
         raise ConfigError(f"{where}.source: required, the name of a data source")
-    _load_plugins()
+    _PLUGINS.load()
     factory = _REGISTRY.get(name)
     if factory is None:
         raise ConfigError(

@@ -240,3 +240,6 @@ class ParquetSource(_TableSource):
             # Nulls become None, reported by row only if the column is used.
             columns[name] = col.to_numpy() if numeric and not col.null_count else col.to_pylist()
         return columns
+
+
+SOURCES = {"csv": CsvSource, "parquet": ParquetSource}  # found by mycroft.data.registry

@@ -7,7 +7,7 @@ assignments on the test set; 1 = balanced).
 Part B: a model trained on a class-skewed original set gets an added set rich in the missing
 classes; continual fine-tuning (replay 0.5, lr re-warmed) vs retraining from scratch on both.
 
-Usage: .venv/bin/python bench/moe.py [--train-size N] [--epochs E] [--seeds S] [--quick]
+Usage: .venv/bin/python -m bench.moe_bench [--train-size N] [--epochs E] [--seeds S] [--quick]
 """
 
 from __future__ import annotations
@@ -16,17 +16,11 @@ import argparse
 import os
 import sys
 import time
-from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-# This file is named moe.py: drop its own folder from the path so `import moe` finds the package.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
-sys.path.insert(0, str(HERE.parent))
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from bench._report import write_section  # noqa: E402
-from moe import (  # noqa: E402
+from bench._report import write_section
+from moe import (
     ModelConfig,
     TrainConfig,
     build_model,
@@ -35,10 +29,14 @@ from moe import (  # noqa: E402
     parameter_counts,
     train,
 )
-from mycroft.data import FashionMNIST, LabeledData  # noqa: E402
+from mycroft.data import FashionMNIST, LabeledData
 
-# name -> ModelConfig overrides. All MoE variants: 8 experts, top-2, expert hidden 64;
-# dense: one expert of hidden 2 * 64 = the same active expert parameters.
+# The shape every variant shares, pinned here (the section's text states it) rather than left
+# to ModelConfig's defaults: a conv stem, then 8 experts, top-2, expert hidden 64.
+STEM = {"stem": "conv", "conv_channels": 16, "stem_dim": 128, "embed_dim": 64}
+EXPERTS = {"num_experts": 8, "top_k": 2, "expert_hidden": 64}
+# name -> ModelConfig overrides; dense: one expert of hidden 2 * 64 = the same active expert
+# parameters as top-2 of 64.
 VARIANTS: dict[str, dict] = {
     "dense": {"gate": "dense"},
     "topk": {"gate": "topk"},
@@ -77,19 +75,12 @@ def log(msg: str) -> None:
 
 
 def model_config(data: LabeledData, overrides: dict) -> ModelConfig:
-    base = dict(
+    return ModelConfig(
         input_shape=data.input_shape,
         num_classes=data.num_classes,
         class_names=data.class_names,
-        stem="conv",
-        conv_channels=16,
-        stem_dim=128,
-        embed_dim=64,
-        num_experts=8,
-        top_k=2,
-        expert_hidden=64,
+        **{**STEM, **EXPERTS, **overrides},
     )
-    return ModelConfig(**{**base, **overrides})
 
 
 def stratified(data: LabeledData, n: int, seed: int) -> np.ndarray:

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from selection._contract import validate_head
-from selection.base import Head
+from selection.types import Head
 
 DEFAULT_BATCH = 65_536
 
