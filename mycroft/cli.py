@@ -17,10 +17,17 @@ from mycroft.errors import MycroftError
 log = logging.getLogger("mycroft")
 
 
+# Each handler reads its config before importing the node, whose modules load torch: a mistake
+# in the file is reported in a fraction of a second, not after the heavy imports.
+
+
 def _owner_serve(args: argparse.Namespace) -> int:
+    from owner_node.config import load_config
+
+    config = load_config(args.config)
     from owner_node.server import run_owner
 
-    return run_owner(args.config)
+    return run_owner(config)
 
 
 def _owner_inspect(args: argparse.Namespace) -> int:
@@ -36,9 +43,12 @@ def _owner_health(args: argparse.Namespace) -> int:
 
 
 def _trainer_run(args: argparse.Namespace) -> int:
-    from trainer_node.pipeline import run_trainer_from_path
+    from trainer_node.config import load_config
 
-    return run_trainer_from_path(args.config)
+    config = load_config(args.config)
+    from trainer_node.pipeline import run_trainer_cli
+
+    return run_trainer_cli(config)
 
 
 def _simulate(args: argparse.Namespace) -> int:

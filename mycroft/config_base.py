@@ -39,6 +39,7 @@ from mycroft.files import read_toml
 __all__ = [
     "Bool",
     "ConfigModel",
+    "Distinct",
     "FieldProblem",
     "Float",
     "Int",
@@ -47,6 +48,7 @@ __all__ = [
     "Str",
     "load",
     "parse",
+    "require_files",
     "shown",
 ]
 
@@ -78,6 +80,19 @@ def _resolve_path(value: str, info: ValidationInfo) -> Path:
 RelPath = Annotated[Str, BeforeValidator(_fspath), AfterValidator(_resolve_path)]
 
 
+def _distinct(values: Any) -> Any:
+    seen: set[Any] = set()
+    for i, value in enumerate(values):
+        if value in seen:
+            raise FieldProblem((i,), f"{shown(value)} is listed twice")
+        seen.add(value)
+    return values
+
+
+# A list whose items must differ: `Annotated[tuple[Str, ...], Distinct]`. Names the repeat.
+Distinct = AfterValidator(_distinct)
+
+
 def _secret(value: Any) -> Any:
     if not isinstance(value, str):  # a token typed without quotes is still a secret: not echoed
         raise ValueError("must be a string")
@@ -102,6 +117,14 @@ class FieldProblem(ValueError):
         super().__init__(problem)
         self.loc = (field,) if isinstance(field, str) else tuple(field)
         self.problem = problem
+
+
+def require_files(model: BaseModel, fields: tuple[str, ...]) -> None:
+    """For a model validator: each of `fields` that is set must be an existing file."""
+    for field in fields:
+        path = getattr(model, field)
+        if path is not None and not Path(path).is_file():
+            raise FieldProblem(field, f"file not found: {path}")
 
 
 M = TypeVar("M", bound=BaseModel)

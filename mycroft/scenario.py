@@ -25,7 +25,6 @@ from typing import Annotated, Any, Literal
 
 import numpy as np
 from pydantic import (
-    AfterValidator,
     BeforeValidator,
     Field,
     PlainValidator,
@@ -37,7 +36,7 @@ from pydantic import (
 )
 
 from moe.config import GATES
-from mycroft.config_base import ConfigModel, FieldProblem, Float, Int, Str, parse, shown
+from mycroft.config_base import ConfigModel, Distinct, FieldProblem, Float, Int, Str, parse, shown
 from mycroft.data import LabeledData, corrupt_features, flip_labels, open_source, save_npz
 from mycroft.data.base import DataSource
 from mycroft.data.fashion_mnist import FashionMNIST
@@ -62,16 +61,10 @@ def _some(value: object) -> object:
     return value
 
 
-def _once(value: tuple[ClassRef, ...]) -> tuple[ClassRef, ...]:
-    if len(set(value)) != len(value):
-        raise ValueError("lists a class twice")
-    return value
-
-
 ClassList = Annotated[
     tuple[Annotated[ClassRef, PlainValidator(_class_ref)], ...],
     BeforeValidator(_some),
-    AfterValidator(_once),
+    Distinct,
 ]
 
 
@@ -132,7 +125,7 @@ class ModelSpec(ConfigModel):
 
 
 class RunSpec(ConfigModel):
-    methods: tuple[Name, ...] = Field(min_length=1)
+    methods: Annotated[tuple[Name, ...], Field(min_length=1), Distinct]
     budgets: tuple[Budget, ...] = Field(min_length=1)
     seeds: Int = Field(1, ge=1)
     dhard_classes: ClassList | None = None  # None = the trainer's scarce classes
@@ -146,13 +139,6 @@ class RunSpec(ConfigModel):
     finetune_lr: Float | None = Field(None, ge=1e-8, le=10)
     oversample_to: Int = Field(0, ge=0)
     score_epoch: Int | None = Field(None, ge=1)  # owners score with this baseline epoch
-
-    @field_validator("methods")
-    @classmethod
-    def _methods_once(cls, methods: tuple[str, ...]) -> tuple[str, ...]:
-        if len(set(methods)) != len(methods):
-            raise ValueError("lists a method twice")
-        return methods
 
     def budget_rows(self, budget: int | float, owner_rows: int) -> int:
         """A budget as a row count for an owner holding `owner_rows` rows."""

@@ -251,8 +251,7 @@ def _stop(procs: list[subprocess.Popen], grace: float = 15.0) -> None:
 
 def run_local(plan: SimulationPlan, *, startup_timeout: float = 120.0) -> int:
     """Start the owners as processes, run the trainer, stop the owners. Returns an exit code."""
-    from mycroft.progress import StageBars
-    from trainer_node.pipeline import run_trainer
+    from trainer_node.pipeline import run_trainer_cli
 
     logs = plan.run_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
@@ -270,9 +269,7 @@ def run_local(plan: SimulationPlan, *, startup_timeout: float = 120.0) -> int:
         for owner, proc in zip(plan.owners, procs, strict=True):
             _wait_serving(owner, proc, logs / f"{owner.name}.log", startup_timeout)
             log.info("owner %s serving on %s (pid %d)", owner.name, owner.address, proc.pid)
-        with StageBars() as bars:  # as `mycroft trainer run` does: ranked owners or status 1
-            report = run_trainer(plan.trainer, progress=bars, print_table=True)
-        status = 0 if report.ranking else 1
+        status = run_trainer_cli(plan.trainer)  # as `mycroft trainer run` does
     finally:
         _stop(procs)
     if status != 0:  # the trainer has said where this run's report is; report.json is older

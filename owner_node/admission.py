@@ -22,7 +22,7 @@ import numpy as np
 from pydantic import Field, ValidationInfo, field_validator
 
 from moe.config import GATES, STEMS
-from mycroft.config_base import ConfigModel, FieldProblem, Float, Int, Str, parse
+from mycroft.config_base import ConfigModel, Distinct, FieldProblem, Float, Int, Str, parse
 from mycroft.errors import ModelFileError
 
 if TYPE_CHECKING:
@@ -43,7 +43,7 @@ _KNOWN = {"stems": STEMS, "gates": GATES}
 
 
 # Each name once, every one known to the model code; None (no list): allow all.
-Names = Annotated[tuple[Str, ...], Field(min_length=1)]
+Names = Annotated[tuple[Str, ...], Field(min_length=1), Distinct]
 
 
 class AdmissionPolicy(ConfigModel):
@@ -75,8 +75,6 @@ class AdmissionPolicy(ConfigModel):
                 raise FieldProblem(
                     (i,), f"unknown {kind[:-1]} {item!r}; known: {', '.join(_KNOWN[kind])}"
                 )
-            if item in names[:i]:
-                raise FieldProblem((i,), f"{item!r} is listed twice")
         return names
 
 

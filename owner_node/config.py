@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import (
     ConfigDict,
@@ -23,7 +23,18 @@ from pydantic import (
     model_validator,
 )
 
-from mycroft.config_base import Bool, ConfigModel, FieldProblem, Float, Int, RelPath, load, parse
+from mycroft.config_base import (
+    Bool,
+    ConfigModel,
+    Distinct,
+    FieldProblem,
+    Float,
+    Int,
+    RelPath,
+    load,
+    parse,
+    require_files,
+)
 from mycroft.protocol import DEFAULT_MAX_REQUEST_BYTES, DEFAULT_MAX_REQUEST_ID_CHARS
 from owner_node.admission import AdmissionPolicy
 from owner_node.config_fields import (
@@ -154,10 +165,7 @@ class TlsConfig(ConfigModel):
     @model_validator(mode="after")
     def _files_exist(self, info: ValidationInfo) -> TlsConfig:
         if (info.context or {}).get("secrets", True):
-            for name in ("cert", "key", "client_ca"):
-                path = getattr(self, name)
-                if path is not None and not path.is_file():
-                    raise FieldProblem(name, f"file not found: {path}")
+            require_files(self, ("cert", "key", "client_ca"))
         return self
 
 
@@ -180,7 +188,9 @@ class LimitsSection(ConfigModel):
 
 
 class SelectionSection(ConfigModel):
-    methods: tuple[Text, ...] | None = None  # None: every registered strategy but "full"
+    methods: Annotated[tuple[Text, ...], Distinct] | None = (
+        None  # None: every registered strategy but "full"
+    )
     allow_full: Bool = False  # "full" reveals everything: evaluation only
     hide_class_counts: Bool = False
     embed_batch_size: Int = Field(256, ge=1, le=65536)  # rows per forward pass
@@ -202,8 +212,6 @@ class SelectionSection(ConfigModel):
     @model_validator(mode="after")
     def _methods(self) -> SelectionSection:
         methods = self.methods or ()
-        if len(set(methods)) != len(methods):
-            raise FieldProblem("methods", "lists a method twice")
         if "full" in methods and not self.allow_full:
             raise FieldProblem(
                 ("methods", methods.index("full")),

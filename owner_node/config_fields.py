@@ -3,7 +3,7 @@ node state may live, and how a trainer's token is read.
 
 Generic checks (types, bounds, unknown keys) are declared on the models; what is here is only
 what no other config needs. Validators raise ValueError/FieldProblem, which the config layer
-reports at the field (`owner.state_dir: ...`); `split_address` also serves command-line flags.
+reports at the field (`owner.state_dir: ...`). Address parsing is `mycroft.addresses`.
 """
 
 from __future__ import annotations
@@ -14,12 +14,11 @@ from typing import Annotated
 
 from pydantic import AfterValidator, ValidationInfo
 
-from mycroft.config_base import FieldProblem, Secret, Str, shown
-from mycroft.errors import ConfigError
+from mycroft.addresses import ListenAddress, split_host_port
+from mycroft.config_base import FieldProblem, Secret, Str
 
 MIN_TOKEN_CHARS = 16  # shorter bearer tokens are guessable; refuse them at start-up
 MAX_TOKEN_CHARS = 4096  # gRPC refuses metadata beyond 8 KiB by default
-MAX_PORT = 65535
 # `owner.health_listen` is plaintext: only these hosts keep it off the network.
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
@@ -46,54 +45,14 @@ def _printable(value: str) -> str:
 # Names, paths, addresses and tokens: one line a log or an error message can hold.
 Text = Annotated[Str, AfterValidator(_printable)]
 SecretText = Annotated[Secret, AfterValidator(_printable)]  # a non-string is not echoed either
-
-
-def _split(value: str, lowest_port: int) -> tuple[str, int]:
-    expected = f"expected host:port, got {shown(value)}"
-    if value.startswith("["):
-        host, bracket, port = value[1:].partition("]:")
-        if not bracket or not host:
-            raise ValueError(f"{expected} (IPv6 as [::1]:50051)")
-    else:
-        host, colon, port = value.rpartition(":")
-        if not colon or not host or not port:
-            raise ValueError(expected)
-        if ":" in host:
-            raise ValueError(f"{expected} (put an IPv6 host in brackets: [::1]:50051)")
-    digits = port.isascii() and port.isdigit() and len(port) <= len(str(MAX_PORT))
-    if not (digits and lowest_port <= int(port) <= MAX_PORT):
-        raise ValueError(
-            f"port must be a number from {lowest_port} to {MAX_PORT}, got {shown(port)}"
-        )
-    return host, int(port)
-
-
-def split_address(value: str, where: str, lowest_port: int = 0) -> tuple[str, int]:
-    """`host:port` (IPv6 as `[::1]:50051`) split into host, without brackets, and port.
-
-    gRPC would read a missing port as 443 and an IPv6 host without brackets ambiguously, so
-    both are refused here, naming `where` (a config field or a command-line flag).
-    """
-    try:
-        return _split(value, lowest_port)
-    except ValueError as e:
-        raise ConfigError(f"{where}: {e}") from None
-
-
-def _check_address(value: str) -> str:
-    _split(value, 0)
-    return value
-
-
-# A host:port listen address; port 0: any free port.
-Address = Annotated[Text, AfterValidator(_check_address)]
+Address = Annotated[ListenAddress, AfterValidator(_printable)]
 
 
 def check_health_listen(listen: str, health_listen: str | None) -> None:
     """`owner.health_listen` is plaintext: on loopback only, and not `owner.listen` itself."""
     if health_listen is None:
         return
-    host, port = _split(health_listen, 0)
+    host, port = split_host_port(health_listen)
     if host not in LOOPBACK_HOSTS:
         raise FieldProblem(
             "health_listen",

@@ -14,11 +14,11 @@ from dataclasses import dataclass
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from mycroft.addresses import split_address
 from mycroft.config_base import load
 from mycroft.errors import ConfigError
 from owner_node import rpc
 from owner_node.config import OwnerConfig, ProbeConfig
-from owner_node.config_fields import split_address
 from owner_node.watchdog import Watchdog
 
 HEALTH_THREADS = 4

@@ -16,16 +16,17 @@ import sys
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2
 
+from mycroft.addresses import split_address
 from mycroft.data.base import LabeledData
 from mycroft.errors import MycroftError
 from mycroft.v1 import owner_pb2 as pb
 from owner_node.auth import Authenticator
 from owner_node.config import OwnerConfig, TlsConfig, load_config
-from owner_node.config_fields import split_address
 from owner_node.engine import Engine
 from owner_node.health import add_health
 from owner_node.ledger import Ledger
@@ -299,14 +300,15 @@ def serve(config: OwnerConfig, data: LabeledData | None = None) -> OwnerServer:
     return server
 
 
-def run_owner(config_path: str) -> int:
-    """Run an owner until SIGTERM/SIGINT. Returns the process exit code."""
+def run_owner(config: OwnerConfig | str | Path) -> int:
+    """Run an owner (a config, or its file) until SIGTERM/SIGINT. Returns the exit code."""
     if not logging.getLogger().handlers:  # e.g. called from the CLI without logging set up
         logging.basicConfig(
             level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
         )
     try:
-        config = load_config(config_path)
+        if not isinstance(config, OwnerConfig):
+            config = load_config(config)
         server = serve(config)
     except MycroftError as e:
         print(f"mycroft: error: {e}", file=sys.stderr)

@@ -106,30 +106,22 @@ def model_config(settings: ModelSettings, data: TrainerData) -> ModelConfig:
     """The MoE's config, with normalisation fitted on the trainer's own training rows (the model
     carries it, so owners embed their raw rows exactly as the trainer does)."""
     shape = data.train.input_shape
-    extra = dict(settings.extra)
-    extra.setdefault("stem", "conv" if len(shape) == 3 else "mlp")
     mean, std = fit_normalization(data.train)
-    base = {
+    fitted = {
         "input_shape": shape,
         "num_classes": data.train.num_classes,
         "class_names": data.class_names,
+        "stem": "conv" if len(shape) == 3 else "mlp",
         "gate": settings.gate,
         "num_experts": settings.num_experts,
         "top_k": settings.top_k,
         "embed_dim": settings.embed_dim,
-        "norm_mean": tuple(float(v) for v in mean),
-        "norm_std": tuple(float(v) for v in std),
+        "norm_mean": mean,
+        "norm_std": std,
     }
-    known = {f.name for f in dataclasses.fields(ModelConfig)}
-    for key in extra:
-        if key not in known or key in ("input_shape", "num_classes", "class_names"):
-            raise ConfigError(f"model.{key}: unknown key")
-    try:
-        return ModelConfig(**{**base, **extra})
-    except ConfigError as exc:
-        raise ConfigError(f"model: {exc}") from None
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"model: {exc}") from None
+    # `extra` holds only ModelConfig's own field names (the config layer checked the names);
+    # ModelConfig checks the values and names the field in its error.
+    return ModelConfig(**{**fitted, **settings.extra})
 
 
 def train_config(settings: TrainingSettings, seed: int, finetune: bool = False) -> TrainConfig:

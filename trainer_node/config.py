@@ -25,8 +25,10 @@ from pydantic import (
     model_validator,
 )
 
+from mycroft.addresses import DialAddress
 from mycroft.config_base import (
     ConfigModel,
+    Distinct,
     FieldProblem,
     Float,
     Int,
@@ -35,6 +37,7 @@ from mycroft.config_base import (
     Str,
     load,
     parse,
+    require_files,
     shown,
 )
 from trainer_node.selection_names import check_methods, check_rank_method, parse_params
@@ -53,15 +56,9 @@ def _name(value: str) -> str:
     return value
 
 
-def _distinct(values: tuple[Any, ...]) -> tuple[Any, ...]:
-    if len(set(values)) != len(values):
-        raise ValueError("contains duplicates")
-    return values
-
-
 Name = Annotated[Str, AfterValidator(_name)]
 NonEmptyStr = Annotated[Str, Field(min_length=1)]
-Names = Annotated[tuple[NonEmptyStr, ...], Field(min_length=1), AfterValidator(_distinct)]
+Names = Annotated[tuple[NonEmptyStr, ...], Field(min_length=1), Distinct]
 
 
 def _split(data: Any, info: ValidationInfo, model: type[BaseModel], into: str) -> Any:
@@ -77,13 +74,6 @@ def _split(data: Any, info: ValidationInfo, model: type[BaseModel], into: str) -
 def _field_names(cls: type) -> set[str]:
     fields = getattr(cls, "model_fields", None)  # a pydantic model or a dataclass
     return set(fields) if fields is not None else {f.name for f in dataclasses.fields(cls)}
-
-
-def _check_files(model: BaseModel, keys: tuple[str, ...]) -> None:
-    for key in keys:
-        path = getattr(model, key)
-        if path is not None and not path.is_file():
-            raise FieldProblem(key, f"file not found: {path}")
 
 
 class DataConfig(ConfigModel):
@@ -122,7 +112,7 @@ class DataConfig(ConfigModel):
             raise FieldProblem("source", "give a data source table or NPZ paths (data.train)")
         if self.test is None:
             raise FieldProblem("test", "required with data.train")
-        _check_files(self, ("train", "val", "test"))
+        require_files(self, ("train", "val", "test"))
         return self
 
 
@@ -191,7 +181,7 @@ Seeds = Annotated[
     tuple[Annotated[Int, Field(ge=0)], ...],
     BeforeValidator(_seed_count),
     Field(min_length=1),
-    AfterValidator(_distinct),
+    Distinct,
 ]
 
 
@@ -232,9 +222,7 @@ class RankBy(ConfigModel):
     budget: Int
 
 
-Budgets = Annotated[
-    tuple[Annotated[Int, Field(ge=1)], ...], Field(min_length=1), AfterValidator(_distinct)
-]
+Budgets = Annotated[tuple[Annotated[Int, Field(ge=1)], ...], Field(min_length=1), Distinct]
 
 
 class SelectionSettings(ConfigModel):
@@ -287,19 +275,13 @@ class TlsSettings(ConfigModel):
     def _files(self) -> TlsSettings:
         if (self.client_cert is None) != (self.client_key is None):
             raise FieldProblem("client_key", "client_cert and client_key go together")
-        _check_files(self, ("ca_cert", "client_cert", "client_key"))
+        require_files(self, ("ca_cert", "client_cert", "client_key"))
         return self
-
-
-def _host_port(value: str) -> str:
-    if ":" not in value:
-        raise ValueError(f"must be host:port, got {shown(value)}")
-    return value
 
 
 class OwnerEndpoint(ConfigModel):
     name: Name
-    address: Annotated[Str, AfterValidator(_host_port)]
+    address: DialAddress
     token: Secret | None = Field(None, repr=False)  # never printed in logs, reprs or errors
     tls: TlsSettings | None = None
     deadline_seconds: Float = Field(60.0, ge=0.1, le=86400.0)

@@ -3,7 +3,7 @@
 pre-flight Describe of every owner -> load data -> baseline MoE -> D_hard (shared / eval) -> model
 bytes -> the owners that answered, concurrently -> train on own data + each subset per seed and
 mode -> utility, ranking, warnings -> report.json (atomic, run_files) and a printed summary.
-`run_trainer(config)` is the library entry point, `run_trainer_from_path` the CLI's.
+`run_trainer(config)` is the library entry point, `run_trainer_cli` the CLI's.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ from trainer_node.summary import print_summary
 
 log = logging.getLogger("mycroft.trainer")
 
-__all__ = ["REPORT_NAME", "new_run_id", "run_trainer", "run_trainer_from_path"]
+__all__ = ["REPORT_NAME", "new_run_id", "run_trainer", "run_trainer_cli", "run_trainer_from_path"]
 
 
 def new_run_id(trainer_id: str) -> str:
@@ -253,11 +253,17 @@ def run_trainer(
     return report
 
 
-def run_trainer_from_path(path: str | Path, progress: ProgressFn | None = None) -> int:
-    """CLI entry: 0 when at least one owner was ranked, 1 when none could be. User errors
+def run_trainer_cli(config: TrainerConfig, progress: ProgressFn | None = None) -> int:
+    """A run with progress bars and the summary table, as `mycroft trainer run` and `mycroft
+    simulate` do it: 0 when at least one owner was ranked, 1 when none could be. User errors
     (MycroftError) propagate: the CLI prints their one-line message."""
     from mycroft.progress import StageBars
 
     with StageBars() as bars:
-        report = run_trainer(load_config(path), progress=progress or bars, print_table=True)
+        report = run_trainer(config, progress=progress or bars, print_table=True)
     return 0 if report.ranking else 1
+
+
+def run_trainer_from_path(path: str | Path, progress: ProgressFn | None = None) -> int:
+    """`run_trainer_cli` on a config file."""
+    return run_trainer_cli(load_config(path), progress)
