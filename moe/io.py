@@ -1,9 +1,9 @@
 """Model files: one .safetensors file, config as JSON in its metadata. Safe for untrusted input.
 
 Loading never runs code from the file (no pickle, no torch.load). Before any tensor is read,
-the header is parsed and checked by hand: header size, JSON, format version, config (bounded by
-ModelConfig.validate), and every tensor's name, dtype, shape and byte range against the model the
-config describes (built on the meta device, so a hostile config allocates nothing).
+the header is parsed and checked by hand: header size, JSON, format version, config (every size
+bounded by ModelConfig), and every tensor's name, dtype, shape and byte range against the model
+the config describes (built on the meta device, so a hostile config allocates nothing).
 """
 
 from __future__ import annotations

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import copy
-
 import numpy as np
 import torch
 from torch import nn
@@ -94,8 +92,7 @@ class MoEClassifier(nn.Module):
 
     def __init__(self, config: ModelConfig):
         super().__init__()
-        # A private copy: set_normalization edits it, and callers often reuse one config.
-        self.config = copy.deepcopy(config)
+        self.config = config  # immutable: set_normalization replaces it
         self.stem = _conv_stem(config) if config.stem == "conv" else _mlp_stem(config)
         self.moe_layers = nn.ModuleList(
             MoELayer(config.stem_dim, config) for _ in range(config.num_moe_layers)
@@ -116,9 +113,9 @@ class MoEClassifier(nn.Module):
 
     def set_normalization(self, mean: np.ndarray, std: np.ndarray) -> None:
         """Store input normalisation in the config (so it is saved) and in the buffers."""
-        self.config.norm_mean = tuple(float(v) for v in np.asarray(mean).ravel())
-        self.config.norm_std = tuple(float(v) for v in np.asarray(std).ravel())
-        self.config.validate()
+        self.config = self.config.replace(
+            norm_mean=np.asarray(mean).ravel(), norm_std=np.asarray(std).ravel()
+        )
         with torch.no_grad():
             self.norm_mean.copy_(torch.tensor(self.config.norm_mean))
             self.norm_std.copy_(torch.tensor(self.config.norm_std))

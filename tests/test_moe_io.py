@@ -6,6 +6,7 @@ import json
 import struct
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from helpers_moe import tiny_config
@@ -82,6 +83,47 @@ def test_config_dict_roundtrip_and_validation() -> None:
         ModelConfig.from_dict({**c.to_dict(), "top_k": 9})
     with pytest.raises(ConfigError):
         ModelConfig.from_dict({**c.to_dict(), "num_experts": "8"})
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        ({"num_experts": 8.0}, "num_experts: must be an integer, got 8.0"),
+        ({"balance_alpha": True}, "balance_alpha: must be a number, got True"),
+        ({"local_search": 1}, "local_search: must be true or false"),
+        ({"norm_mean": ["0.3"]}, "norm_mean[0]: must be a number"),
+        ({"norm_std": [0.0]}, "norm_std[0]: must be > 0"),
+        ({"norm_std": None}, "norm_std: norm_mean and norm_std must be set together"),
+        ({"input_shape": [1, 8, 8, 8]}, "input_shape: must list at most 3"),
+        ({"input_shape": [1, 3, 8]}, "input_shape: conv stem needs H, W >= 4"),
+        ({"input_shape": [1, 2048, 2048]}, "input_shape: (1, 2048, 2048) has more than"),
+        ({"class_names": ["a"]}, "class_names: 1 names for 10 classes"),
+        ({"top_k": 5, "num_experts": 8, "expert_hidden": 8192}, "expert_hidden: top_k * expert"),
+        ({"z_loss_coef": 10**400}, "z_loss_coef: too large for a number"),
+    ],
+)
+def test_config_refuses_loose_values(change: dict, expected: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        ModelConfig.from_dict({**cfg().to_dict(), **change})
+    assert str(info.value).startswith(f"model config: {expected}")
+
+
+def test_config_missing_field_and_numpy_values() -> None:
+    with pytest.raises(ConfigError, match="^model config: class_names: required"):
+        ModelConfig.from_dict({k: v for k, v in cfg().to_dict().items() if k != "class_names"})
+    c = cfg(
+        input_shape=np.array([1, 8, 8]),
+        num_classes=np.int64(10),
+        norm_mean=np.zeros(1, dtype=np.float32),
+        norm_std=(np.float32(0.5),),
+        local_search=np.bool_(True),
+    )
+    assert c.to_dict() == cfg(norm_mean=[0.0], norm_std=[0.5], local_search=True).to_dict()
+    assert type(c.input_shape[0]) is int and type(c.norm_std[0]) is float
+    with pytest.raises(ConfigError, match="num_classes: must be an integer"):
+        cfg(num_classes=np.float64(10))  # only numpy's integers are integers
+    with pytest.raises(ConfigError, match="top_k: 9 exceeds num_experts 8"):
+        c.replace(top_k=9)  # a changed copy is checked like any config
 
 
 def good_bytes() -> bytes:

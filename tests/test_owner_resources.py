@@ -181,16 +181,12 @@ def test_owner_rss_bounded_under_distinct_index_params(tmp_path, big_owner_data)
 
 def sized_model(data: LabeledData, seed: int, expert_hidden: int = 1400) -> bytes:
     """A model for `data` of roughly 400 KB (expert_hidden=1400): quotas are whole MiB."""
-    import dataclasses
-
     import torch
 
     from moe.io import model_from_bytes, model_to_bytes
     from moe.model import build_model
 
-    cfg = dataclasses.replace(
-        model_from_bytes(tiny_model_bytes(data)).config, expert_hidden=expert_hidden
-    )
+    cfg = model_from_bytes(tiny_model_bytes(data)).config.replace(expert_hidden=expert_hidden)
     torch.manual_seed(seed)
     return model_to_bytes(build_model(cfg))
 
