@@ -122,7 +122,7 @@ def client_select(client: OwnerClient, request: pb.SelectRequest) -> float:
     spec = SelectRequestSpec(
         request_id=request.request_id,
         method=request.method,
-        budget=request.budget,
+        rows_wanted=request.budget,
         model_sha256="",
         hard=EmbeddedHard(
             embeddings=wire.decode(hard.embeddings, "e"),

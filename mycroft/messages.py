@@ -108,7 +108,7 @@ class SelectRequestSpec:
 
     request_id: str
     method: str
-    budget: int  # rows wanted by this request (not the trainer's Allowance)
+    rows_wanted: int  # the proto's `budget`: rows for this request (not the Allowance)
     model_sha256: str
     hard: RawHard | EmbeddedHard
     seed: int = 0

@@ -108,7 +108,7 @@ def select_request_to_proto(spec: SelectRequestSpec) -> pb.SelectRequest:
     request = pb.SelectRequest(
         request_id=spec.request_id,
         method=spec.method,
-        budget=spec.budget,
+        budget=spec.rows_wanted,
         model_sha256=spec.model_sha256,
         seed=spec.seed,
         params=dict(spec.params),

@@ -165,7 +165,7 @@ class _OwnerJob:
             spec = SelectRequestSpec(
                 request_id=rid,
                 method=method,
-                budget=ask,
+                rows_wanted=ask,
                 model_sha256=ctx.model_sha256,
                 hard=ctx.hard,
                 seed=ctx.selection.seed,

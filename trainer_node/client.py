@@ -197,7 +197,7 @@ class OwnerClient:
         result = self._call("Select", once, spec.request_id)
         log.info(
             "owner=%s request_id=%s %s budget=%d: %d rows (%d new%s) in %.2fs",
-            *(self.name, spec.request_id, spec.method, spec.budget, len(result)),
+            *(self.name, spec.request_id, spec.method, spec.rows_wanted, len(result)),
             *(result.summary.new_rows_charged, ", replayed" if result.summary.replayed else ""),
             result.seconds,
         )
@@ -248,8 +248,8 @@ def _consume(stream, spec: SelectRequestSpec, owner: str) -> dict:
     n = sum(len(x) for x in parts["labels"])
     if summary.rows_sent != n:
         raise bad(f"summary says {summary.rows_sent} rows, received {n}")
-    if n > spec.budget:
-        raise bad(f"received {n} rows for a budget of {spec.budget}")
+    if n > spec.rows_wanted:
+        raise bad(f"received {n} rows for a budget of {spec.rows_wanted}")
     if summary.request_id and summary.request_id != spec.request_id:
         raise bad(f"summary answers request {summary.request_id!r}")
     arrays = {
