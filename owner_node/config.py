@@ -23,18 +23,8 @@ from pydantic import (
     model_validator,
 )
 
-from mycroft.config_base import (
-    Bool,
-    ConfigModel,
-    Distinct,
-    FieldProblem,
-    Float,
-    Int,
-    RelPath,
-    load,
-    parse,
-    require_files,
-)
+from mycroft import config_base
+from mycroft.config_base import Bool, ConfigModel, Distinct, FieldProblem, Float, Int, RelPath
 from mycroft.protocol import DEFAULT_MAX_REQUEST_BYTES, DEFAULT_MAX_REQUEST_ID_CHARS
 from owner_node.admission import AdmissionPolicy
 from owner_node.config_fields import (
@@ -165,7 +155,7 @@ class TlsConfig(ConfigModel):
     @model_validator(mode="after")
     def _files_exist(self, info: ValidationInfo) -> TlsConfig:
         if (info.context or {}).get("secrets", True):
-            require_files(self, ("cert", "key", "client_ca"))
+            config_base.require_files(self, ("cert", "key", "client_ca"))
         return self
 
 
@@ -321,7 +311,7 @@ class ProbeConfig(ConfigModel):
 
 
 def load_config(path: str | os.PathLike[str], secrets: bool = True) -> OwnerConfig:
-    return load(OwnerConfig, path, secrets=secrets)
+    return config_base.load(OwnerConfig, path, secrets=secrets)
 
 
 def parse_config(
@@ -331,4 +321,4 @@ def parse_config(
 
     `secrets=False` leaves trainer tokens unread (None) and TLS files unchecked: reading the
     ledger (`owner inspect`) must work where the trainers' secrets are not present."""
-    return parse(OwnerConfig, raw, base_dir=base_dir, secrets=secrets)
+    return config_base.parse(OwnerConfig, raw, base_dir=base_dir, secrets=secrets)
