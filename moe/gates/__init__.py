@@ -70,12 +70,17 @@ GATES: tuple[str, ...] = tuple(
 )
 
 
+def known_gate(name: str) -> str:
+    """`name` if it is a gate; ValueError naming the choices otherwise. Imports no gate."""
+    if name not in GATES:
+        raise ValueError(f"unknown gate {name!r}; expected one of {', '.join(GATES)}")
+    return name
+
+
 @functools.cache
 def gate_spec(name: str) -> GateSpec:
     """The gate `name` (imports its module, hence torch)."""
-    if name not in GATES:
-        raise ValueError(f"unknown gate {name!r}; expected one of {', '.join(GATES)}")
-    return GateSpec(name, importlib.import_module(f"{__name__}.{name}").Gate)
+    return GateSpec(known_gate(name), importlib.import_module(f"{__name__}.{name}").Gate)
 
 
 def build_gate(dim: int, cfg: ModelConfig) -> nn.Module:
