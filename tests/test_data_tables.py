@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import bz2
+import gzip
+import lzma
 from pathlib import Path
 
 import numpy as np
@@ -126,6 +129,34 @@ def test_csv_integer_labels_and_row_ids(tmp_path: Path) -> None:
     data = CsvSource(path, "y", row_id_column="id").load()
     assert data.labels.tolist() == [2, 10] and len(data.class_names) == 11
     assert data.row_ids.tolist() == [10, 11] and data.feature_names == ("a",)
+
+
+@pytest.mark.parametrize(
+    ("suffix", "opener"), [(".gz", gzip.open), (".bz2", bz2.open), (".xz", lzma.open)]
+)
+def test_csv_compressed_reads_as_plain(tmp_path: Path, suffix: str, opener) -> None:
+    plain = tmp_path / "t.csv"
+    plain.write_text(CSV)
+    packed = tmp_path / f"t.csv{suffix}"
+    with opener(packed, "wt") as fh:
+        fh.write(CSV)
+    cols = {"label_column": "label", "split_column": "fold"}
+    a, b = CsvSource(plain, **cols).load(), CsvSource(packed, **cols).load()
+    assert b.features.tolist() == a.features.tolist() and b.labels.tolist() == a.labels.tolist()
+    assert b.name == a.name == "t/train"  # named like the plain file, without ".csv"
+    spec = {"source": "csv", "path": str(packed), **cols}
+    assert open_source(spec).load().labels.tolist() == a.labels.tolist()
+
+
+def test_csv_compressed_bad_archive_is_a_data_error(tmp_path: Path) -> None:
+    path = tmp_path / "t.csv.gz"
+    path.write_text(CSV)  # plain text under a .gz name
+    with pytest.raises(DataError, match=r"t\.csv\.gz: cannot read gzip-compressed CSV"):
+        CsvSource(path, "label").load()
+    cut = tmp_path / "cut.csv.gz"
+    cut.write_bytes(gzip.compress(CSV.encode())[:-12])  # truncated download
+    with pytest.raises(DataError, match="cannot read gzip-compressed CSV"):
+        CsvSource(cut, "label").load()
 
 
 @pytest.mark.parametrize(

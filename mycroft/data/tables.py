@@ -8,7 +8,10 @@ Row ids come from `row_id_column` when given, else the row's 0-based position in
 
 from __future__ import annotations
 
+import bz2
 import csv
+import gzip
+import lzma
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -54,6 +57,10 @@ def _to_float(path: Path, col: str, values: Column, line_offset: int | None) -> 
     return out.astype(np.float32)
 
 
+# Compressed CSV by file suffix; the name is what the error says when the file is not that.
+_OPENERS = {".gz": (gzip.open, "gzip"), ".bz2": (bz2.open, "bzip2"), ".xz": (lzma.open, "xz")}
+
+
 class _TableSource:
     """Shared logic; subclasses implement `_read` returning columns in file order."""
 
@@ -91,7 +98,9 @@ class _TableSource:
         self.class_names = as_class_names(class_names, "class_names")
         self.split_column = split_column
         self.row_id_column = row_id_column
-        self.name = name or self.path.stem
+        # "owners.csv.gz" is named "owners", as "owners.csv" is.
+        stem = self.path.stem
+        self.name = name or (Path(stem).stem if self.path.suffix in _OPENERS else stem)
         self._columns: dict[str, Column] | None = None
 
     def _read(self) -> dict[str, Column]:
@@ -193,17 +202,20 @@ class _TableSource:
 
 
 class CsvSource(_TableSource):
-    """A CSV file with a header row."""
+    """A CSV file with a header row; `.csv.gz`, `.csv.bz2` and `.csv.xz` are read as such."""
 
     kind = "CSV"
     line_offset = 2  # line 1 is the header
 
     def _read(self) -> dict[str, Column]:
+        opener, codec = _OPENERS.get(self.path.suffix, (open, None))
         try:
-            with open(self.path, newline="", encoding="utf-8") as fh:
+            with opener(self.path, "rt", newline="", encoding="utf-8") as fh:
                 rows = list(csv.reader(fh))
-        except (OSError, UnicodeDecodeError, csv.Error) as exc:
-            raise DataError(f"{self.path}: cannot read CSV ({exc})") from None
+        except (OSError, EOFError, lzma.LZMAError, UnicodeDecodeError, csv.Error) as exc:
+            # gzip.BadGzipFile is an OSError; a truncated archive raises EOFError.
+            what = "CSV" if codec is None else f"{codec}-compressed CSV"
+            raise DataError(f"{self.path}: cannot read {what} ({exc})") from None
         rows = [r for r in rows if r]  # blank lines carry no row
         if not rows:
             return {}
