@@ -13,6 +13,7 @@ from trainer_node import plots
 from trainer_node.config import parse_config
 from trainer_node.ranking import Candidate, gain_stats, rank_owners
 from trainer_node.verdict import CLASS_DROP, compute_verdict, sentence_text, verdict_lines
+from trainer_node.versus_random import versus_random, versus_random_lines
 
 CLASSES = ["T-shirt", "Trouser", "Coat", "Bag"]
 HARD = ["T-shirt", "Coat"]
@@ -312,3 +313,37 @@ def test_price_is_validated_and_named(tmp_path):
         raw["owners"][1]["price"] = bad
         with pytest.raises(ConfigError, match=r"owners\[1\]\.price"):
             parse_config(raw, tmp_path)
+
+
+def with_random(o: dict[str, Any], gains: list[float]) -> dict[str, Any]:
+    """The owner with `random` results at the ranking budget, one per seed."""
+    extra = [
+        {**r, "method": "random", "dhard_gain": g} for r, g in zip(o["results"], gains, strict=True)
+    ]
+    return {**o, "results": o["results"] + extra}
+
+
+def test_selection_is_shown_beside_random_rows_paired_by_seed():
+    a = with_random(owner("a", [0.40, 0.44, 0.42]), [0.08, 0.12, 0.10])
+    b = with_random(owner("b", [0.05, 0.03, 0.04]), [0.001, 0.0, -0.001])
+    c = owner("c", [0.2, 0.2, 0.2])  # random not run for c: left out, not a zero
+    rows = {r["owner"]: r for r in versus_random(report(a, b, c))}
+    assert set(rows) == {"a", "b"}
+    ra = rows["a"]
+    assert ra["smart_gain"] == pytest.approx(0.42) and ra["random_gain"] == pytest.approx(0.10)
+    assert ra["ratio"] == pytest.approx(4.2) and ra["difference"] == pytest.approx(0.32)
+    # paired: every seed's difference is 0.32, so the interval is that point
+    assert ra["difference_ci95"] == pytest.approx([0.32, 0.32])
+    assert rows["b"]["ratio"] is None  # random gained ~0: a ratio would say nothing
+    lines = versus_random_lines(report(a, b, c))
+    assert (
+        lines[0].startswith("Mycroft's selection vs random rows")
+        and "feature vs random" in lines[0]
+    )
+    assert "+42.0 vs +10.0 pp (4.2×); difference +32.0 pp, 95% CI +32.0 to +32.0" in lines[1]
+
+
+def test_no_random_comparison_when_random_is_the_ranking_method():
+    r = report(with_random(owner("a", [0.4, 0.4]), [0.1, 0.1]))
+    r["settings"]["rank_by"] = {**SETTING, "method": "random"}
+    assert versus_random(r) == [] and versus_random_lines(r) == []

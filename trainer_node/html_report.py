@@ -18,7 +18,7 @@ from mycroft.errors import DataError
 from mycroft.files import write_atomic
 from trainer_node import plots
 from trainer_node.html_common import esc, figure, pct, signed_cell, table
-from trainer_node.html_verdict import VERDICT_CSS, verdict_box
+from trainer_node.html_verdict import VERDICT_CSS, verdict_box, versus_random_table
 from trainer_node.report import SCHEMA_VERSION, validate_report
 from trainer_node.verdict import compute_verdict, primary_request, revealed_rows
 
@@ -257,6 +257,7 @@ def render_html(report: dict[str, Any]) -> str:
     parts = [
         _title(r),
         verdict_box(verdict),
+        versus_random_table(r),
         _ranking(r, verdict),
         _header(r),
         '<h2 id="gains">Utility gain per owner</h2>',

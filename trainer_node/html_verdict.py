@@ -1,4 +1,5 @@
-"""The verdict box at the top of the HTML report: whom to pay, whose rows hurt, warnings.
+"""The top of the HTML report: the verdict box (whom to pay, whose rows hurt, warnings) and
+Mycroft's selection beside random rows.
 
 The wording comes from trainer_node.verdict (shared with the terminal summary); this module only
 escapes it and marks owner names up.
@@ -8,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from trainer_node.html_common import esc
+from trainer_node.html_common import esc, pct, signed_cell, table
 from trainer_node.verdict import (
     OwnerName,
     Sentence,
@@ -16,6 +17,7 @@ from trainer_node.verdict import (
     harm_sentences,
     other_sentences,
 )
+from trainer_node.versus_random import versus_random
 
 VERDICT_CSS = """
 .verdict { border: 2px solid #2f6db5; border-radius: 6px; background: #f3f7fc;
@@ -54,5 +56,39 @@ def verdict_box(verdict: dict[str, Any]) -> str:
         + _items(harm_sentences(verdict), "harms")
         + _items(other_sentences(verdict), "others")
         + _items(warnings, "warnings")
+        + "</section>"
+    )
+
+
+def versus_random_table(report: dict[str, Any]) -> str:
+    """Mycroft's selection beside random rows from the same owner at the same budget (empty
+    when random was not run at the ranking budget)."""
+    rows = versus_random(report)
+    if not rows:
+        return ""
+    first = rows[0]
+    body = []
+    for r in rows:
+        ci = r["difference_ci95"]
+        interval = f" [{pct(ci[0], True)}, {pct(ci[1], True)}]" if ci else ""
+        ratio = f"{r['ratio']:.1f}×" if r["ratio"] is not None and r["ratio"] > 0 else "–"
+        body.append(
+            f"<tr><td>{esc(r['owner'])}</td>{signed_cell(r['smart_gain'])}"
+            f'{signed_cell(r["random_gain"])}<td class="num">{ratio}</td>'
+            f"{signed_cell(r['difference'], esc(interval))}</tr>"
+        )
+    head = [
+        "owner",
+        f"{esc(first['method'])} gain (pp)",
+        "random gain (pp)",
+        "ratio",
+        "difference (pp) [95% CI]",
+    ]
+    return (
+        '<section id="versus-random"><h3>Selection vs random rows, same owner and budget</h3>'
+        f'<p class="note">D_hard-eval gain with {first["budget"]} rows chosen by '
+        f"{esc(first['method'])} and with {first['budget']} rows drawn at random from the same "
+        f"owner, paired by training seed ({first['seeds']} seeds).</p>"
+        + table(head, body, num_cols=(1, 2, 3, 4), table_id="versus-random-table")
         + "</section>"
     )

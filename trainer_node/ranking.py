@@ -29,19 +29,28 @@ def t_critical_95(df: int) -> float:
     return float(t.ppf(0.975, df))
 
 
-def gain_stats(gains: Sequence[float]) -> GainStats:
-    values = np.asarray(gains, dtype=np.float64)
-    n = len(values)
+def mean_interval(values: Sequence[float]) -> GainStats:
+    """Mean, std and the 95% t-interval of any per-seed quantity, unbounded (a ratio or a
+    paired difference of gains may lie outside [-1, 1])."""
+    x = np.asarray(values, dtype=np.float64)
+    n = len(x)
     if n == 0:
-        raise ValueError("no gains to summarise")
-    mean = float(values.mean())
+        raise ValueError("no values to summarise")
+    mean = float(x.mean())
     if n == 1:
         return GainStats(mean, 0.0, None, 1)
-    std = float(values.std(ddof=1))
+    std = float(x.std(ddof=1))
     half = t_critical_95(n - 1) * std / math.sqrt(n)
-    # An accuracy gain lies in [-1, 1]; with few seeds the t-interval can overshoot that range,
-    # and a bound no run could reach would only mislead.
-    return GainStats(mean, std, (max(-1.0, mean - half), min(1.0, mean + half)), n)
+    return GainStats(mean, std, (mean - half, mean + half), n)
+
+
+def gain_stats(gains: Sequence[float]) -> GainStats:
+    """`mean_interval` of accuracy gains, whose interval is cut to [-1, 1]: with few seeds the
+    t-interval can overshoot that range, and a bound no run could reach would only mislead."""
+    s = mean_interval(gains)
+    if s.ci95 is None:
+        return s
+    return GainStats(s.mean, s.std, (max(-1.0, s.ci95[0]), min(1.0, s.ci95[1])), s.n)
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ import sys
 from typing import Any
 
 from trainer_node.verdict import verdict_lines, zero_gain_reason
+from trainer_node.versus_random import versus_random_lines
 
 
 def _pct(x: float | None, signed: bool = False) -> str:
@@ -74,13 +75,17 @@ def warning_lines(obj: dict[str, Any]) -> list[str]:
 def format_summary(obj: dict[str, Any]) -> str:
     """A plain-text summary (for logs and non-terminals)."""
     b = obj["baseline"]
-    lines = verdict_lines(obj) + [
-        f"run {obj['run_id']}  trainer {obj['trainer_id']}  data {obj['data']['name']}",
-        f"baseline: test {_pct(b['test_accuracy'])}%  D_hard-eval "
-        f"{_pct(b['dhard_eval_accuracy'])}%  (D_hard shared {obj['dhard']['shared_total']}, "
-        f"eval {obj['dhard']['eval_total']})",
-        "rank  owner  setting  D_hard gain (pp) [95% CI]  test change (pp)  rows",
-    ]
+    lines = (
+        verdict_lines(obj)
+        + versus_random_lines(obj)
+        + [
+            f"run {obj['run_id']}  trainer {obj['trainer_id']}  data {obj['data']['name']}",
+            f"baseline: test {_pct(b['test_accuracy'])}%  D_hard-eval "
+            f"{_pct(b['dhard_eval_accuracy'])}%  (D_hard shared {obj['dhard']['shared_total']}, "
+            f"eval {obj['dhard']['eval_total']})",
+            "rank  owner  setting  D_hard gain (pp) [95% CI]  test change (pp)  rows",
+        ]
+    )
     lines += ["  ".join(r) for r in summary_rows(obj)]
     return "\n".join(lines + agreement_lines(obj) + failure_lines(obj) + warning_lines(obj))
 
@@ -106,7 +111,7 @@ def print_summary(obj: dict[str, Any]) -> None:
     table.add_column("note")
     for row in summary_rows(obj):
         table.add_row(*(row + [""] * (7 - len(row))))
-    for line in verdict_lines(obj):  # the decision first, then the evidence
+    for line in verdict_lines(obj) + versus_random_lines(obj):  # the decision, then evidence
         console.print(line, markup=False, highlight=False)
     console.print(table)
     for line in agreement_lines(obj) + failure_lines(obj) + warning_lines(obj):
