@@ -185,6 +185,7 @@ def finalize(
     timings: dict[str, float],
     reason: str | None = None,
     enforce_budget: bool = True,
+    fallback_rows: int = 0,
 ) -> SelectionResult:
     """Turn ordered candidate positions into a SelectionResult that obeys the contract."""
     positions = np.asarray(positions, dtype=np.int64)
@@ -209,4 +210,5 @@ def finalize(
         timings=dict(timings),
         missing_classes=list(plan.missing),
         shortfall_reason=reason,
+        fallback_rows=int(fallback_rows),
     )

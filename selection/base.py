@@ -61,6 +61,7 @@ class Ranked:
     positions: np.ndarray
     scores: np.ndarray
     reason: str | None = None
+    fallback_rows: int = 0  # rows a fallback rule added, not the strategy's own score
 
     @classmethod
     def by_score(cls, positions: list[np.ndarray], scores: list[np.ndarray]) -> Ranked:
@@ -124,6 +125,7 @@ class Strategy:
             plan=plan,
             timings=timer.timings,
             reason=ranked.reason,
+            fallback_rows=ranked.fallback_rows,
             enforce_budget=not self.ignores_budget,
         )
 

@@ -1,7 +1,8 @@
 """FuncFeat: gradient-matching OMP whose weight solve is penalised by feature distance,
 (A_S A_Sᵀ + λI + λ₂·diag(ψ_S)²) w = A_S t, with ψ_i the distance of owner row i's embedding to
-the geometric median (Weiszfeld) of D_hard's class-c embeddings. Rows that match the gradient but
-sit far from D_hard in feature space lose weight.
+the geometric median (Weiszfeld) of the D_hard embeddings OMP matches: the group's (gradient.py
+splits each class's D_hard into small clusters), the class's with `cluster_size=0`. Rows that
+match the gradient but sit far from D_hard in feature space lose weight.
 
 *Open* (METHOD.md §2): whether ψ should also enter the greedy pick. `psi_in_pick=True` ranks
 picks by (Aᵀr)_j / (1 + λ₂ψ_j²) instead of (Aᵀr)_j; default off until measured on real data.
@@ -52,12 +53,16 @@ class FuncFeat(GradientMatching):
         lam: float = 0.5,
         lam2: float = 2.0,
         psi_in_pick: bool = False,
+        cluster_size: int = 2,
+        pool_factor: int = 2,
         prefilter_min: int | None = 10_000,
         prefilter_factor: int = 10,
         batch_size: int = DEFAULT_BATCH,
         workers: int = 1,
     ) -> None:
-        super().__init__(lam, prefilter_min, prefilter_factor, batch_size, workers)
+        super().__init__(
+            lam, cluster_size, pool_factor, prefilter_min, prefilter_factor, batch_size, workers
+        )
         self.lam2 = lam2
         self.psi_in_pick = psi_in_pick
 

@@ -92,3 +92,22 @@ def last_layer_gradients(
 def gradient_rows(u: np.ndarray, embeddings: np.ndarray) -> np.ndarray:
     """Gradient vectors from precomputed residuals u (n, C) and embeddings (n, d)."""
     return _assemble(u.astype(np.float64), embeddings.astype(np.float64)).astype(np.float32)
+
+
+def embeddings_from_gradients(gradients: np.ndarray, num_classes: int) -> np.ndarray:
+    """The embeddings e behind gradients [u, vec(u ⊗ e)]: row k of u ⊗ e divided by u_k, for
+    each row's largest |u_k|. Exact up to float rounding; a gradient with u = 0 (a row the head
+    already fits perfectly) carries no embedding and gets NaN."""
+    g = np.asarray(gradients, dtype=np.float64)
+    n = len(g)
+    d = (g.shape[1] - num_classes) // num_classes
+    if g.ndim != 2 or g.shape[1] != num_classes * (d + 1):
+        raise ValueError(f"gradients of shape {g.shape} do not fit C={num_classes}")
+    u = g[:, :num_classes]
+    k = np.argmax(np.abs(u), axis=1)
+    uk = u[np.arange(n), k]
+    rows = g[:, num_classes:].reshape(n, num_classes, d)[np.arange(n), k]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        e = rows / uk[:, None]
+    e[np.abs(uk) < 1e-12] = np.nan
+    return e.astype(np.float32)

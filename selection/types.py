@@ -63,3 +63,6 @@ class SelectionResult:
     timings: dict[str, float] = field(default_factory=dict)  # step -> seconds
     missing_classes: list[int] = field(default_factory=list)  # D_hard classes the owner lacks
     shortfall_reason: str | None = None  # why fewer than `budget` rows, when so
+    # rows a strategy added by a fallback rule rather than its own criterion (gradient and
+    # funcfeat: filled by feature distance after OMP stopped early); they rank last
+    fallback_rows: int = 0
