@@ -3,9 +3,14 @@ built from any labelled data source. Format (annotated examples in mycroft/scena
 
   name, description         optional strings
   [data]                    an open_source table: source = "digits" | "csv" | ..., path = ...
-  [trainer]                 size, scarce_classes = [...], scarce_fraction, val_size, test_size?
+  [trainer]                 size, scarce_classes = [...] (may be empty with [subpop]),
+                            scarce_fraction, val_size, test_size?, subpop_share (default 0),
+                            val_subpop_share?, test_subpop_share?
   [[owners]]                name, size, classes = [...] | "all", label_noise in [0, 1),
-                            feature_noise (std in feature stds), corrupt_share, seed
+                            feature_noise (std in feature stds), corrupt_share, seed,
+                            subpop_share (default 0)
+  [subpop]                  optional: kind = "transform" | "cluster", transform, classes,
+                            clusters: the sub-population the trainer lacks (mycroft/subpop.py)
   [run]                     methods, budgets (ints = rows, floats in (0, 1] = share of owner),
                             seeds, dhard_classes?, shared_fraction, training, epochs
   [run.model]               gate, experts, top_k
@@ -13,7 +18,8 @@ built from any labelled data source. Format (annotated examples in mycroft/scena
 Each table is a declared model on mycroft.config_base: `load_scenario(name_or_path)` parses
 and validates (a bad field raises ConfigError naming it, e.g. "owners[2].label_noise: must be
 < 1, got 1.0"); `build(scenario, seed)` draws the trainer's and owners' rows (disjoint,
-deterministic for a seed) and applies the owners' noise.
+deterministic for a seed) and applies the owners' noise. D_hard's classes are run.dhard_classes,
+else the trainer's scarce classes, else (with [subpop] and no scarce classes) all classes.
 """
 
 from __future__ import annotations
@@ -25,7 +31,6 @@ from typing import Annotated, Any, Literal
 
 import numpy as np
 from pydantic import (
-    BeforeValidator,
     Field,
     PlainValidator,
     PrivateAttr,
@@ -40,32 +45,13 @@ from mycroft.config_base import ConfigModel, Distinct, FieldProblem, Float, Int,
 from mycroft.data import LabeledData, corrupt_features, flip_labels, open_source, save_npz
 from mycroft.data.base import DataSource
 from mycroft.data.fashion_mnist import FashionMNIST
-from mycroft.data.partition import RowPool, class_indices, scarce_counts
+from mycroft.data.partition import ClassesOrNone, ClassList, RowPool, class_indices, scarce_counts
 from mycroft.errors import ConfigError, DataError
 from mycroft.files import read_toml
+from mycroft.subpop import SubpopSpec, Subpopulation, require_subpop_table, row_shares
 
 SCENARIO_DIR = Path(__file__).parent / "scenarios"
-ClassRef = str | int  # a class name, or an index into the source's class names
-
-
-def _class_ref(value: object) -> ClassRef:
-    # bool is an int in Python; a scenario's `true` is never meant as a class.
-    if not isinstance(value, str | int) or isinstance(value, bool):
-        raise ValueError(f"must be a class name, got {shown(value)}")
-    return value
-
-
-def _some(value: object) -> object:
-    if isinstance(value, str) or (isinstance(value, list | tuple) and not value):
-        raise ValueError("must be a non-empty list of class names")
-    return value
-
-
-ClassList = Annotated[
-    tuple[Annotated[ClassRef, PlainValidator(_class_ref)], ...],
-    BeforeValidator(_some),
-    Distinct,
-]
+Share = Annotated[Float, Field(ge=0, le=1)]
 
 
 def _budget(value: object) -> int | float:
@@ -83,10 +69,14 @@ Name = Annotated[Str, StringConstraints(min_length=1)]
 
 class TrainerSpec(ConfigModel):
     size: Int = Field(ge=1)  # rows of the trainer's train set, drawn from the train split
-    scarce_classes: ClassList = ()
+    scarce_classes: ClassesOrNone = ()  # none: a natural class mix
     scarce_fraction: Float = Field(0.05, ge=0, le=1)  # a scarce class's share of a normal one's
     val_size: Int = Field(ge=1)  # validation rows (natural class mix), where D_hard is found
     test_size: Int | None = Field(None, ge=1)  # subsample of the test split; None = all of it
+    # Shares of [subpop] rows; val/test None = as drawn without [subpop] (mycroft/subpop.py).
+    subpop_share: Share = 0.0
+    val_subpop_share: Share | None = None
+    test_subpop_share: Share | None = None
 
 
 class OwnerSpec(ConfigModel):
@@ -97,6 +87,7 @@ class OwnerSpec(ConfigModel):
     feature_noise: Float = Field(0.0, ge=0, le=100)  # Gaussian std, in each feature's stds
     corrupt_share: Float = Field(1.0, ge=0, le=1)  # share of rows that get the feature noise
     seed: Int = Field(0, ge=0)  # in a file, defaults to the owner's index
+    subpop_share: Share = 0.0  # share of rows from the [subpop] sub-population
 
     @field_validator("name")
     @classmethod
@@ -154,6 +145,7 @@ class Scenario(ConfigModel):
     trainer: TrainerSpec
     owners: tuple[OwnerSpec, ...]
     run: RunSpec
+    subpop: SubpopSpec | None = None
     # Relative data paths resolve against the scenario's folder; not a field of the file.
     _base_dir: Path | None = PrivateAttr(None)
 
@@ -200,9 +192,13 @@ class Scenario(ConfigModel):
 
     @model_validator(mode="after")
     def _dhard_known(self, info: ValidationInfo) -> Scenario:
-        if self.run.dhard_classes is None and not self.trainer.scarce_classes:
+        if self.subpop is None:
+            require_subpop_table(self.trainer, self.owners)
+        # With a sub-population and no scarce classes, D_hard is the failures in any class.
+        if self.run.dhard_classes is None and not self.trainer.scarce_classes and not self.subpop:
             raise FieldProblem(
-                ("run", "dhard_classes"), "required when trainer.scarce_classes is empty"
+                ("run", "dhard_classes"),
+                "required when trainer.scarce_classes is empty and there is no [subpop] table",
             )
         self._base_dir = (info.context or {}).get("base_dir")
         return self
@@ -246,7 +242,8 @@ def load_scenario(name_or_path: str | Path) -> Scenario:
 
 @dataclass
 class ScenarioData:
-    """Everything one simulation run needs. Owner rows keep the source's row ids."""
+    """Everything one simulation run needs. Owner rows keep the source's row ids; every mask
+    is aligned with the rows of its part."""
 
     scenario: Scenario
     seed: int
@@ -260,10 +257,42 @@ class ScenarioData:
     true_labels: dict[str, np.ndarray]  # per owner: labels before flipping
     scarce_classes: tuple[int, ...]
     dhard_classes: tuple[int, ...]
+    subpop: dict[str, np.ndarray]  # per owner: [subpop] rows (all False without [subpop])
+    subpop_train: np.ndarray
+    subpop_val: np.ndarray
+    subpop_test: np.ndarray
 
     def relevant(self, owner: str) -> np.ndarray:
         """Rows of `owner` whose true class is a D_hard class."""
         return np.isin(self.true_labels[owner], self.dhard_classes)
+
+    def needles(self, owner: str) -> np.ndarray:
+        """Rows of `owner` from the sub-population whose true class is a D_hard class."""
+        return self.subpop[owner] & self.relevant(owner)
+
+    def truth(self, owner: str) -> dict[str, np.ndarray]:
+        """Ground-truth row masks of `owner`: "needle", "wrong_label", "noisy_features"."""
+        return {
+            "needle": self.needles(owner),
+            "wrong_label": self.noisy_label[owner],
+            "noisy_features": self.corrupted[owner],
+        }
+
+    def truth_shares(self, owner: str, row_ids: np.ndarray) -> dict[str, float | None]:
+        """Share of the given row ids of `owner` (e.g. a selection) in each truth() mask.
+
+        None where the scenario has no such rows at all (no [subpop]; no owner with label or
+        feature noise), so a report can show "n/a" rather than a misleading 0, and for an
+        empty selection. An id that is not the owner's is a ValueError.
+        """
+        owners = self.scenario.owners
+        present = {
+            "needle": self.scenario.subpop is not None,
+            "wrong_label": any(o.label_noise > 0 for o in owners),
+            "noisy_features": any(o.feature_noise > 0 and o.corrupt_share > 0 for o in owners),
+        }
+        masks = {k: m if present[k] else None for k, m in self.truth(owner).items()}
+        return row_shares(self.owners[owner].row_ids, row_ids, masks, owner)
 
     def save_owners(self, directory: str | Path) -> dict[str, Path]:
         """Each owner's rows as `<directory>/<name>.npz` (NpzSource reads them back exactly),
@@ -272,10 +301,11 @@ class ScenarioData:
 
 
 def build(scenario: Scenario, seed: int = 0) -> ScenarioData:
-    """Draw the trainer's and owners' rows (pairwise disjoint) and apply the owners' noise.
+    """Draw the trainer's and owners' rows (pairwise disjoint), place the sub-population and
+    apply the owners' noise.
 
-    Order: trainer train (per-class counts), trainer validation (natural mix), then owners in
-    file order from what is left. Same scenario and seed -> same rows, labels and noise.
+    Order: trainer train (per-class counts), trainer validation (natural mix), test, then owners
+    in file order from what is left. Same scenario and seed -> same rows, labels and noise.
     """
     source = scenario.source()
     train = source.load("train")
@@ -283,38 +313,61 @@ def build(scenario: Scenario, seed: int = 0) -> ScenarioData:
     spec = scenario.trainer
     scarce = class_indices(spec.scarce_classes, names, "trainer.scarce_classes")
     refs = scenario.run.dhard_classes
-    dhard = class_indices(refs, names, "run.dhard_classes") if refs is not None else scarce
+    if refs is not None:
+        dhard = class_indices(refs, names, "run.dhard_classes")
+    else:  # without scarce classes (a [subpop] scenario): failures in any class
+        dhard = scarce or list(range(len(names)))
+    sub = Subpopulation.prepare(scenario.subpop, train, source.name)
     rng = np.random.default_rng([seed, 0])
+
+    def rngs(part: int) -> tuple[np.random.Generator, np.random.Generator]:
+        return rng, np.random.default_rng([seed, 2, part])
+
     pool = RowPool(train.labels)
     counts = scarce_counts(spec.size, len(names), scarce, spec.scarce_fraction)
-    train_rows = pool.draw_per_class(counts, rng, "trainer.size", names)
-    val_rows = pool.draw(spec.val_size, rng, "trainer.val_size")
+    where = ("trainer.size", "trainer.subpop_share")
+    train_rows, sub_train = sub.take_per_class(
+        pool, counts, spec.subpop_share, rngs(0), where, names
+    )
+    where = ("trainer.val_size", "trainer.val_subpop_share")
+    val_rows, sub_val = sub.take(
+        pool, sub.train_member, spec.val_size, spec.val_subpop_share, rngs(1), where
+    )
+    where = ("trainer.test_size", "trainer.test_subpop_share")
     if "test" in getattr(source, "splits", ("train", "test")):
         test = source.load("test")
         if test.class_names != names:
             raise DataError(f"{source.name}: the test split's class names differ from train's")
-        if spec.test_size is not None and spec.test_size < len(test):
-            test = test.subset(np.sort(rng.choice(len(test), spec.test_size, replace=False)))
+        test, sub_test = sub.take_split(
+            test, spec.test_size, spec.test_subpop_share, rngs(2), where
+        )
     elif spec.test_size is None:
         raise ConfigError(
             f"trainer.test_size: required, source {source.name!r} has no test split so the "
             "test set is carved from its train split"
         )
-    else:
-        test = train.subset(pool.draw(spec.test_size, rng, "trainer.test_size"))
+    else:  # carved from the train split
+        share = spec.test_subpop_share
+        rows, sub_test = sub.take(pool, sub.train_member, spec.test_size, share, rngs(2), where)
+        test = train.subset(rows)
 
     scale: np.ndarray | None = None
     owners: dict[str, LabeledData] = {}
     noisy: dict[str, np.ndarray] = {}
     corrupted: dict[str, np.ndarray] = {}
     true_labels: dict[str, np.ndarray] = {}
+    subpop: dict[str, np.ndarray] = {}
     for i, o in enumerate(scenario.owners):
         classes = (
             None if o.classes is None else class_indices(o.classes, names, f"owners[{i}].classes")
         )
         r = np.random.default_rng([seed, 1, o.seed])
-        rows = pool.draw(o.size, r, f"owners[{i}] ({o.name}).size", classes, names)
-        part = train.subset(rows, name=o.name)
+        where = (f"owners[{i}] ({o.name}).size", f"owners[{i}] ({o.name}).subpop_share")
+        marker = np.random.default_rng([seed, 3, o.seed])
+        rows, subpop[o.name] = sub.take(
+            pool, sub.train_member, o.size, o.subpop_share, (r, marker), where, classes, names
+        )
+        part = sub.apply(train.subset(rows, name=o.name), subpop[o.name])
         labels, noisy[o.name] = flip_labels(part.labels, o.label_noise, len(names), r)
         features = part.features
         corrupted[o.name] = np.zeros(len(part), dtype=bool)
@@ -324,9 +377,8 @@ def build(scenario: Scenario, seed: int = 0) -> ScenarioData:
                 # get the overall spread so they are corrupted too.
                 scale = train.features.std(axis=0)
                 scale[scale < 1e-6] = train.features.std()
-            lo, hi = float(train.features.min()), float(train.features.max())
             features, corrupted[o.name] = corrupt_features(
-                features, o.corrupt_share, o.feature_noise, r, scale, (lo, hi)
+                features, o.corrupt_share, o.feature_noise, r, scale, sub.value_range
             )
         true_labels[o.name] = part.labels
         owners[o.name] = LabeledData(
@@ -336,13 +388,17 @@ def build(scenario: Scenario, seed: int = 0) -> ScenarioData:
         scenario=scenario,
         seed=seed,
         class_names=names,
-        trainer_train=train.subset(train_rows, name="trainer_train"),
-        trainer_val=train.subset(val_rows, name="trainer_val"),
-        test=replace(test, name="test"),
+        trainer_train=sub.apply(train.subset(train_rows, name="trainer_train"), sub_train),
+        trainer_val=sub.apply(train.subset(val_rows, name="trainer_val"), sub_val),
+        test=sub.apply(replace(test, name="test"), sub_test),
         owners=owners,
         noisy_label=noisy,
         corrupted=corrupted,
         true_labels=true_labels,
         scarce_classes=tuple(scarce),
         dhard_classes=tuple(dhard),
+        subpop=subpop,
+        subpop_train=sub_train,
+        subpop_val=sub_val,
+        subpop_test=sub_test,
     )

@@ -3,10 +3,34 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Annotated
 
 import numpy as np
+from pydantic import BeforeValidator, PlainValidator
 
+from mycroft.config_base import Distinct, shown
 from mycroft.errors import ConfigError
+
+ClassRef = str | int  # a class name, or an index into the source's class names
+
+
+def _class_ref(value: object) -> ClassRef:
+    # bool is an int in Python; a scenario's `true` is never meant as a class.
+    if not isinstance(value, str | int) or isinstance(value, bool):
+        raise ValueError(f"must be a class name, got {shown(value)}")
+    return value
+
+
+def _some(value: object) -> object:
+    if isinstance(value, str) or (isinstance(value, list | tuple) and not value):
+        raise ValueError("must be a non-empty list of class names")
+    return value
+
+
+# Config fields listing classes (names or indices); class_indices resolves them against a
+# source. A ClassList must name at least one class, ClassesOrNone may be empty.
+ClassesOrNone = Annotated[tuple[Annotated[ClassRef, PlainValidator(_class_ref)], ...], Distinct]
+ClassList = Annotated[ClassesOrNone, BeforeValidator(_some)]
 
 
 def class_indices(refs: Sequence[str | int], names: Sequence[str], where: str) -> list[int]:
@@ -30,6 +54,12 @@ def scarce_counts(
     class's count (largest-remainder rounding)."""
     weight = np.ones(num_classes)
     weight[list(scarce)] = fraction
+    return apportion(size, weight)
+
+
+def apportion(size: int, weight: np.ndarray) -> np.ndarray:
+    """`size` split in proportion to `weight` (not all zero), summing to exactly `size`
+    (largest-remainder rounding; ties go to the lower index)."""
     share = size * weight / weight.sum()
     counts = np.floor(share).astype(np.int64)
     counts[np.argsort(-(share - counts), kind="stable")[: size - int(counts.sum())]] += 1
@@ -57,13 +87,19 @@ class RowPool:
         where: str,
         classes: Sequence[int] | None = None,
         class_names: Sequence[str] | None = None,
+        among: tuple[np.ndarray, str] | None = None,
     ) -> np.ndarray:
-        """`k` free rows drawn uniformly (from `classes` only, when given)."""
-        pool = np.flatnonzero(self._mask(classes))
+        """`k` free rows drawn uniformly (from `classes` only, when given; from the rows where
+        among's mask is True, when given, its text naming them in errors, e.g.
+        "sub-population rows")."""
+        mask = self._mask(classes)
+        if among is not None:
+            mask = mask & among[0]
+        pool = np.flatnonzero(mask)
         if k > len(pool):
-            what = "rows"
+            what = "rows" if among is None else among[1]
             if classes is not None and class_names is not None:
-                what = f"rows of classes {[class_names[c] for c in classes]}"
+                what += f" of classes {[class_names[c] for c in classes]}"
             raise ConfigError(
                 f"{where}: needs {k} {what}, only {len(pool)} are left after the parts drawn "
                 "before it"
