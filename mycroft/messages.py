@@ -113,6 +113,9 @@ class SelectRequestSpec:
     hard: RawHard | EmbeddedHard
     seed: int = 0
     params: dict[str, float] = field(default_factory=dict)
+    # Owner row ids the trainer already holds (earlier rounds): the owner selects among the
+    # others. It honours only ids it has revealed to this trainer, so excluding reveals nothing.
+    exclude_row_ids: tuple[int, ...] | np.ndarray = ()
 
 
 @dataclass(frozen=True)

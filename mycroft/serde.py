@@ -112,6 +112,7 @@ def select_request_to_proto(spec: SelectRequestSpec) -> pb.SelectRequest:
         model_sha256=spec.model_sha256,
         seed=spec.seed,
         params=dict(spec.params),
+        exclude_row_ids=[int(i) for i in spec.exclude_row_ids],
     )
     hard = spec.hard
     if isinstance(hard, RawHard):

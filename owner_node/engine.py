@@ -225,13 +225,18 @@ class Engine:
                 timings["owner_embeddings"] = time.perf_counter() - t
             if strategy.needs_features:
                 candidates.features = self.data.features.reshape(len(self.data), -1)
-            if loaded is not None:
+            # The shared index caches cover every row: a request that excludes rows builds
+            # its own (and must not replace theirs with it).
+            shared_cache = loaded is not None and not len(job.exclude_row_ids)
+            if len(job.exclude_row_ids):
+                candidates = _without(candidates, job.exclude_row_ids)
+            if shared_cache:
                 strategy = _reuse_cache(self.models, strategy, job, loaded)
             t = time.perf_counter()
             head = loaded.head if loaded is not None else None
             result = strategy.select(candidates, hard, rows, head=head, seed=job.seed)
             timings["strategy"] = time.perf_counter() - t
-            if loaded is not None:  # indexes fill during select: count their real size now
+            if shared_cache:  # indexes fill during select: count their real size now
                 _reuse_cache(self.models, strategy, job, loaded, filled=True)
         result.timings = {**timings, **{f"strategy.{k}": v for k, v in result.timings.items()}}
         return self._check_result(job, result, rows)
@@ -321,6 +326,21 @@ def _check_hard_set(job: SelectJob, strategy: Strategy, loaded: LoadedModel | No
         raise InvalidRequest(f"hard_set.{mode}.gradients", f"required by method {job.method!r}")
     if strategy.needs_hard_embeddings and job.embeddings is None:
         raise InvalidRequest(f"hard_set.{mode}.embeddings", f"required by method {job.method!r}")
+
+
+def _without(candidates: Candidates, row_ids: np.ndarray) -> Candidates:
+    """`candidates` less the rows `row_ids` (the trainer holds them already)."""
+    keep = ~np.isin(candidates.row_ids, row_ids)
+
+    def kept(array: np.ndarray | None) -> np.ndarray | None:
+        return None if array is None else array[keep]
+
+    return Candidates(
+        row_ids=candidates.row_ids[keep],
+        labels=candidates.labels[keep],
+        embeddings=kept(candidates.embeddings),
+        features=kept(candidates.features),
+    )
 
 
 def _reuse_cache(

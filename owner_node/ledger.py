@@ -339,6 +339,12 @@ class Ledger:
             ).fetchall()
         return {int(r[0]) for r in rows}
 
+    def revealed_among(self, trainer: str, ids: np.ndarray) -> np.ndarray:
+        """The ids of `ids` that were revealed to `trainer` before, in their order."""
+        ids = np.asarray(ids, dtype=np.int64)
+        with self._lock:
+            return ids[self._already_revealed(trainer, ids)]
+
     def close(self) -> None:
         with self._lock:
             self._db.close()

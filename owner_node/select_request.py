@@ -41,6 +41,9 @@ class SelectJob:
     seed: int = 0
     params: dict[str, float] = field(default_factory=dict)
     fingerprint: str = ""  # digest of every parameter except request_id
+    # Rows the trainer says it holds, distinct. As parsed, any ids; the service keeps only those
+    # already revealed to the trainer before the engine sees the job (service `_compute`).
+    exclude_row_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
     @property
     def mode(self) -> str:
@@ -48,9 +51,13 @@ class SelectJob:
 
 
 def parse_select(
-    request: pb.SelectRequest, limits: LimitsSection, max_rows: int | None = None
+    request: pb.SelectRequest,
+    limits: LimitsSection,
+    max_rows: int | None = None,
+    max_exclude: int | None = None,
 ) -> SelectJob:
-    """`max_rows` (budget.max_rows_per_request) tightens limits.max_budget when given."""
+    """`max_rows` (budget.max_rows_per_request) tightens limits.max_budget when given;
+    `max_exclude` (the trainer's cap of distinct rows) bounds `exclude_row_ids`."""
     rid = request.request_id
     if not rid:
         raise InvalidRequest("request_id", "required: a client-chosen id, reused on retries")
@@ -66,6 +73,7 @@ def parse_select(
     if request.budget > most:
         raise InvalidRequest("budget", f"{request.budget} exceeds the limit of {most} per request")
     params = _params(request, limits)
+    exclude = _exclusion(request, max_exclude)
     mb = limits.max_request_bytes
     which = request.WhichOneof("hard_set")
     if which is None:
@@ -128,7 +136,8 @@ def parse_select(
         raise InvalidRequest("seed", f"must be >= 0, got {request.seed}")
     job.seed = int(request.seed)
     job.params = params
-    job.fingerprint = fingerprint(request)
+    job.exclude_row_ids = exclude
+    job.fingerprint = fingerprint(request)  # covers exclude_row_ids: a changed retry is refused
     return job
 
 
@@ -138,6 +147,18 @@ def fingerprint(request: pb.SelectRequest) -> str:
     copy.CopyFrom(request)
     copy.request_id = ""
     return request_fingerprint(copy.SerializeToString(deterministic=True))
+
+
+def _exclusion(request: pb.SelectRequest, max_exclude: int | None) -> np.ndarray:
+    """The distinct ids of `exclude_row_ids`. The trainer can hold at most its cap of distinct
+    rows, so a longer list is a mistake (or an attempt to make the owner do needless work)."""
+    n = len(request.exclude_row_ids)
+    if max_exclude is not None and n > max_exclude:
+        raise InvalidRequest(
+            "exclude_row_ids",
+            f"{n} ids, more than the {max_exclude} distinct rows this trainer may ever hold",
+        )
+    return np.unique(np.fromiter(request.exclude_row_ids, dtype=np.int64, count=n))
 
 
 def _labels(tensor: pb.Tensor, name: str, n: int, max_bytes: int) -> np.ndarray:

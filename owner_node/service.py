@@ -157,7 +157,8 @@ class OwnerServicer(pb_grpc.DataOwnerServicer):
             started = time.perf_counter()
             # UNAVAILABLE before any charge, and before decoding D_hard: a refusal is cheap.
             place = self.engine.reserve(caller.trainer_id)
-            job = parse_select(request, self.limits, self.max_rows)
+            cap = self.ledger.budget(caller.trainer_id).cap
+            job = parse_select(request, self.limits, self.max_rows, max_exclude=cap)
             charge, result = self._select(caller, job, context, place)
             if charge is None:
                 return  # the client went away before anything was charged
@@ -217,6 +218,10 @@ class OwnerServicer(pb_grpc.DataOwnerServicer):
         self, trainer: str, job: SelectJob, context, place: Place
     ) -> tuple[ChargeResult | None, SelectionResult | None]:
         strategy, loaded = self.engine.check(job, trainer)
+        # Privacy: only rows this trainer already holds may be excluded. Honouring any other id
+        # would let it probe, by excluding, whether unrevealed ids exist or would be picked.
+        honoured = self.ledger.revealed_among(trainer, job.exclude_row_ids)
+        job = dataclasses.replace(job, exclude_row_ids=honoured)
         grant = self.ledger.begin_query(
             trainer, job.request_id, kind="select", method=job.method, rows=job.rows_wanted
         )

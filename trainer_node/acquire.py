@@ -3,6 +3,10 @@
 An owner that fails (unreachable, refuses us, answers nonsense) is recorded with its error and
 the others go on. Request ids are derived from (run id, owner, method, budget), so re-running the
 same run id replays the owner's earlier answers instead of charging budget again.
+
+With `selection.rounds` > 1 each budgeted request becomes a chain of Selects (trainer_node.rounds):
+one request id per round (suffix `-r<i>`), a model upload per later round, and the union of the
+rounds as the request's subset.
 """
 
 from __future__ import annotations
@@ -13,14 +17,25 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from mycroft.messages import Allowance, EmbeddedHard, OwnerInfo, RawHard, SelectRequestSpec
+from mycroft.messages import (
+    Allowance,
+    EmbeddedHard,
+    OwnerInfo,
+    RawHard,
+    SelectRequestSpec,
+    SelectSummaryInfo,
+)
 from mycroft.protocol import DEFAULT_MAX_REQUEST_ID_CHARS, PROTOCOL_VERSION
 from trainer_node.client import OwnerClient, OwnerError
 from trainer_node.config import FULL_METHOD, ClientSettings, OwnerEndpoint, SelectionSettings
 from trainer_node.messages import OwnerSubset
+
+if TYPE_CHECKING:  # rounds imports the baseline, which imports this module
+    from trainer_node.rounds import RoundsPlan
 
 log = logging.getLogger("mycroft.trainer.acquire")
 
@@ -48,8 +63,10 @@ class RequestOutcome:
     method: str
     budget: int  # the `budget` field of the request (for "full": the owner's row count)
     rows_requested: int
-    subset: OwnerSubset | None = None
+    subset: OwnerSubset | None = None  # in rounds: the union of the rounds' rows
     error: OwnerError | None = None
+    round: int = 1  # which round of its chain this request is (1 when not in rounds)
+    rounds: list[RequestOutcome] = field(default_factory=list)  # a chain's own requests
 
 
 @dataclass
@@ -67,13 +84,24 @@ class OwnerOutcome:
         return self.error is None and any(r.subset is not None for r in self.requests)
 
 
-def request_id_for(run_id: str, owner: str, method: str, budget: int) -> str:
-    """Stable per logical request: the same run id asks the same question under the same id."""
-    rid = f"{run_id}.{owner}.{method}.b{budget}"
+def request_id_for(
+    run_id: str, owner: str, method: str, budget: int, round_index: int | None = None
+) -> str:
+    """Stable per logical request: the same run id asks the same question under the same id.
+    A round of a chain (round_index) gets its own id."""
+    suffix = "" if round_index is None else f"-r{round_index}"
+    rid = f"{run_id}.{owner}.{method}.b{budget}{suffix}"
     if len(rid) <= DEFAULT_MAX_REQUEST_ID_CHARS:
         return rid
     digest = hashlib.sha256(rid.encode()).hexdigest()[:32]
     return f"{run_id[:64]}.{digest}"
+
+
+def queries_needed(plan: list[tuple[str, int | None]], rounds: int) -> int:
+    """Queries a run may cost an owner: one per Select (a round each) and one per model
+    warm-up (the baseline's, and each later round's fine-tuned model)."""
+    per_request = (1 if budget is None else 2 * min(rounds, budget) - 1 for _, budget in plan)
+    return 1 + sum(per_request)
 
 
 def _check_info(info: OwnerInfo, class_names: Sequence[str], input_shape: tuple[int, ...]):
@@ -142,7 +170,8 @@ class _OwnerJob:
         problem = _check_info(info, ctx.class_names, ctx.input_shape)
         if problem:
             raise OwnerError(name, "INCOMPATIBLE", problem)
-        needed = len(self.plan) + 1  # one query per Select, one for the model's warm-up
+        rounds = ctx.rounds.rounds if ctx.rounds is not None else 1
+        needed = queries_needed(self.plan, rounds)
         if info.budget.queries and info.budget.queries_left < needed:
             log.warning(
                 "owner=%s query allowance: %d of %d left, this run may need up to %d "
@@ -162,38 +191,128 @@ class _OwnerJob:
             if info.methods and method not in info.methods:
                 req.error = OwnerError(name, "UNSUPPORTED", f"method {method!r} not offered", rid)
                 continue
-            spec = SelectRequestSpec(
-                request_id=rid,
-                method=method,
-                rows_wanted=ask,
-                model_sha256=ctx.model_sha256,
-                hard=ctx.hard,
-                seed=ctx.selection.seed,
-                params=ctx.selection.params.get(method, {}),
-            )
-            try:
-                subset = _select(client, spec, ctx.model_bytes)
-            except OwnerError as exc:
-                req.error = exc
-                if exc.code in _UNREACHABLE:
-                    raise  # retries spent: the owner is gone, skip its remaining requests
-                if exc.code == "RESOURCE_EXHAUSTED" and "query allowance" in exc.message:
-                    # Every further request would be refused the same way: keep what was
-                    # answered, skip the rest.
-                    log.warning("owner=%s: %s; skipping its remaining requests", name, exc.message)
-                    break
-                continue
-            problem = _check_subset(subset, len(ctx.class_names), ctx.input_shape)
-            if problem:
-                log.warning("owner=%s request_id=%s bad subset: %s", name, rid, problem)
-                req.error = OwnerError(name, "PROTOCOL", problem, rid)
-                continue
-            req.subset = subset
-            out.budget = subset.summary.budget
+            if budget is not None and ctx.rounds is not None and rounds > 1:
+                self._chain(client, ctx, req, ctx.rounds)
+            else:
+                self._ask(client, ctx, req, self._spec(ctx, req, ctx.hard), ctx.model_bytes)
+            if req.subset is not None:
+                out.budget = req.subset.summary.budget
+            elif req.error is not None and _allowance_spent(req.error):
+                # Every further request would be refused the same way: keep what was
+                # answered, skip the rest.
+                log.warning(
+                    "owner=%s: %s; skipping its remaining requests", name, req.error.message
+                )
+                break
         try:
             out.budget = client.ledger().budget
         except OwnerError as exc:  # the ledger is informative; the last summary's budget stands
             log.warning("owner=%s ledger unavailable: %s", name, exc)
+
+    @staticmethod
+    def _spec(
+        ctx: AcquireContext,
+        req: RequestOutcome,
+        hard: RawHard | EmbeddedHard,
+        model_sha256: str | None = None,
+        exclude_row_ids: np.ndarray | tuple[int, ...] = (),
+    ) -> SelectRequestSpec:
+        return SelectRequestSpec(
+            request_id=req.request_id,
+            method=req.method,
+            rows_wanted=req.rows_requested,
+            model_sha256=model_sha256 or ctx.model_sha256,
+            hard=hard,
+            seed=ctx.selection.seed,
+            params=ctx.selection.params.get(req.method, {}),
+            exclude_row_ids=exclude_row_ids,
+        )
+
+    def _ask(
+        self,
+        client: OwnerClient,
+        ctx: AcquireContext,
+        req: RequestOutcome,
+        spec: SelectRequestSpec,
+        model_bytes: bytes,
+    ) -> OwnerSubset | None:
+        """One Select into `req` (its subset, or its error and None). Raises when the owner is
+        unreachable: its remaining requests are skipped."""
+        try:
+            subset = _select(client, spec, model_bytes)
+        except OwnerError as exc:
+            req.error = exc
+            if exc.code in _UNREACHABLE:
+                raise  # retries spent: the owner is gone
+            return None
+        problem = _check_subset(subset, len(ctx.class_names), ctx.input_shape)
+        if problem:
+            name = self.endpoint.name
+            log.warning("owner=%s request_id=%s bad subset: %s", name, spec.request_id, problem)
+            req.error = OwnerError(name, "PROTOCOL", problem, spec.request_id)
+            return None
+        req.subset = subset
+        return subset
+
+    def _chain(
+        self, client: OwnerClient, ctx: AcquireContext, req: RequestOutcome, plan: RoundsPlan
+    ) -> None:
+        """`req`'s budget in rounds: each round one Select (in req.rounds), the union of their
+        rows as req.subset."""
+
+        def ask(model, hard, rows: int, held: np.ndarray) -> OwnerSubset | None:
+            i = len(req.rounds) + 1
+            rid = request_id_for(ctx.run_id, self.endpoint.name, req.method, req.budget, i)
+            part = RequestOutcome(rid, req.method, req.budget, rows, round=i)
+            req.rounds.append(part)
+            blob, sha = (ctx.model_bytes, ctx.model_sha256) if i == 1 else plan.model_file(model)
+            if i > 1:
+                try:
+                    client.ensure_model(blob)  # each round scores with its fine-tuned model
+                except OwnerError as exc:
+                    part.error = exc
+                    if exc.code in _UNREACHABLE:
+                        raise
+                    return None
+            return self._ask(client, ctx, part, self._spec(ctx, part, hard, sha, held), blob)
+
+        result = plan.acquire(req.budget, ask)
+        answered = [r.subset for r in req.rounds if r.subset is not None]
+        if answered:
+            req.subset = _merged(answered, req.request_id, result.stopped)
+        else:
+            req.error = next((r.error for r in reversed(req.rounds) if r.error), None)
+
+
+def _allowance_spent(error: OwnerError) -> bool:
+    return error.code == "RESOURCE_EXHAUSTED" and "query allowance" in error.message
+
+
+def _merged(parts: list[OwnerSubset], request_id: str, stopped: str | None) -> OwnerSubset:
+    """One subset from a chain's answers: the distinct rows in the order received."""
+    ids = np.concatenate([p.row_ids for p in parts]).astype(np.int64)
+    _, first = np.unique(ids, return_index=True)
+    keep = np.sort(first)  # an owner that ignores the exclusion may repeat a row
+    last = parts[-1].summary
+    summary = SelectSummaryInfo(
+        request_id=request_id,
+        rows_sent=sum(p.summary.rows_sent for p in parts),
+        new_rows_charged=sum(p.summary.new_rows_charged for p in parts),
+        replayed=all(p.summary.replayed for p in parts),
+        budget=last.budget,
+        timings={"total": sum(p.summary.selection_seconds for p in parts)},
+        missing_classes=last.missing_classes,
+        shortfall_reason=stopped or last.shortfall_reason,
+    )
+    return OwnerSubset(
+        features=np.concatenate([p.features for p in parts])[keep],
+        labels=np.concatenate([p.labels for p in parts])[keep],
+        row_ids=ids[keep],
+        scores=np.concatenate([p.scores for p in parts])[keep],
+        summary=summary,
+        attempts=sum(p.attempts for p in parts),
+        seconds=sum(p.seconds for p in parts),
+    )
 
 
 def _select(client: OwnerClient, spec: SelectRequestSpec, model_bytes: bytes) -> OwnerSubset:
@@ -218,6 +337,7 @@ class AcquireContext:
     class_names: tuple[str, ...]
     input_shape: tuple[int, ...]
     selection: SelectionSettings
+    rounds: RoundsPlan | None = None  # selection.rounds > 1: the chain's trainer side
 
 
 def plan_requests(selection: SelectionSettings) -> list[tuple[str, int | None]]:

@@ -233,6 +233,8 @@ class SelectionSettings(ConfigModel):
     rank_by: RankBy | None = None  # None: the first listed non-full method, first budget
     params: dict[Str, Any] = Field(default_factory=dict)  # method -> {param: value}
     score_epoch: Int | None = Field(None, ge=1)  # owners score with this epoch; None: final
+    # Each budget acquired in this many requests, re-deriving D_hard in between (rounds.py)
+    rounds: Int = Field(1, ge=1)
 
     @field_validator("methods")
     @classmethod

@@ -38,6 +38,7 @@ from trainer_node.report import (
     Timings,
 )
 from trainer_node.results import full_information, owner_reports, rank_all, setting_key
+from trainer_node.rounds import RoundsPlan
 from trainer_node.run_files import REPORT_NAME, write_run_reports
 from trainer_node.run_warnings import run_warnings, train_accuracy
 from trainer_node.summary import print_summary
@@ -111,6 +112,7 @@ def _settings(cfg: TrainerConfig) -> Settings:
         finetune_epochs=t.finetune_epochs or t.epochs,
         oversample_to=t.oversample_to,
         score_epoch=s.score_epoch,
+        rounds=s.rounds,
         batch_size=t.batch_size,
         lr=t.lr,
         replay_fraction=t.replay_fraction,
@@ -118,6 +120,20 @@ def _settings(cfg: TrainerConfig) -> Settings:
         shared_fraction=cfg.dhard.shared_fraction,
         dhard_seed=cfg.dhard.seed,
         selection_seed=s.seed,
+    )
+
+
+def _rounds_plan(config: TrainerConfig, base: Baseline, data: TrainerData) -> RoundsPlan | None:
+    """What each chain of rounds fine-tunes with between its requests; None for one request."""
+    if config.selection.rounds == 1:
+        return None
+    return RoundsPlan(
+        base=base,
+        data=data,
+        training=config.training,
+        rounds=config.selection.rounds,
+        seed=config.training.seeds[0],
+        mode=config.selection.mode,
     )
 
 
@@ -169,6 +185,7 @@ def run_trainer(
         class_names=names,
         input_shape=data.train.input_shape,
         selection=config.selection,
+        rounds=_rounds_plan(config, base, data),
     )
     _emit(progress, "acquire", f"querying {len(usable)} owners (model {sha[:12]})")
     t1 = time.perf_counter()

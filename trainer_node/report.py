@@ -75,6 +75,7 @@ class Settings:
     selection_seed: int
     oversample_to: int = 0  # subsets repeated up to this many rows per fine-tuning epoch
     score_epoch: int | None = None  # the checkpoint owners scored with; None: the final model
+    rounds: int = 1  # each budget acquired in this many Selects (selection.rounds)
 
 
 @dataclass
@@ -135,6 +136,7 @@ class RequestRecord:
     shortfall_reason: str | None = None
     error: str | None = None
     error_code: str | None = None
+    round: int = 1  # its place in a chain of rounds (`budget` is the chain's total)
 
 
 @dataclass

@@ -66,6 +66,7 @@ def utilities(results: list[SeedResult]) -> list[Utility]:
 
 def _request_record(req: RequestOutcome, class_names: tuple[str, ...]) -> RequestRecord:
     rec = RequestRecord(req.request_id, req.method, req.budget, req.rows_requested, "failed")
+    rec.round = req.round
     if req.error is not None:
         rec.error, rec.error_code = str(req.error), req.error.code
     sub = req.subset
@@ -122,7 +123,10 @@ def owner_reports(
                 if o.budget
                 else None,
                 model_uploaded=o.model_uploaded,
-                requests=[_request_record(r, class_names) for r in o.requests],
+                # a chain of rounds is reported as its rounds' requests
+                requests=[
+                    _request_record(q, class_names) for r in o.requests for q in r.rounds or [r]
+                ],
                 results=own,
                 utility=utilities(own) if o.ok else [],
                 price=o.endpoint.price,

@@ -105,7 +105,7 @@ class EmbeddedHardSet(_message.Message):
     def __init__(self, embeddings: _Optional[_Union[Tensor, _Mapping]] = ..., gradients: _Optional[_Union[Tensor, _Mapping]] = ..., labels: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
 
 class SelectRequest(_message.Message):
-    __slots__ = ("request_id", "method", "budget", "model_sha256", "raw", "embedded", "seed", "params")
+    __slots__ = ("request_id", "method", "budget", "model_sha256", "raw", "embedded", "seed", "params", "exclude_row_ids")
     class ParamsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -121,6 +121,7 @@ class SelectRequest(_message.Message):
     EMBEDDED_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
     PARAMS_FIELD_NUMBER: _ClassVar[int]
+    EXCLUDE_ROW_IDS_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     method: str
     budget: int
@@ -129,7 +130,8 @@ class SelectRequest(_message.Message):
     embedded: EmbeddedHardSet
     seed: int
     params: _containers.ScalarMap[str, float]
-    def __init__(self, request_id: _Optional[str] = ..., method: _Optional[str] = ..., budget: _Optional[int] = ..., model_sha256: _Optional[str] = ..., raw: _Optional[_Union[RawHardSet, _Mapping]] = ..., embedded: _Optional[_Union[EmbeddedHardSet, _Mapping]] = ..., seed: _Optional[int] = ..., params: _Optional[_Mapping[str, float]] = ...) -> None: ...
+    exclude_row_ids: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, request_id: _Optional[str] = ..., method: _Optional[str] = ..., budget: _Optional[int] = ..., model_sha256: _Optional[str] = ..., raw: _Optional[_Union[RawHardSet, _Mapping]] = ..., embedded: _Optional[_Union[EmbeddedHardSet, _Mapping]] = ..., seed: _Optional[int] = ..., params: _Optional[_Mapping[str, float]] = ..., exclude_row_ids: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class RowsChunk(_message.Message):
     __slots__ = ("features", "labels", "row_ids", "scores")
