@@ -217,11 +217,11 @@ def builtin_scenarios() -> list[str]:
 
 
 def load_scenario(name_or_path: str | Path) -> Scenario:
-    """A built-in scenario by name, or a TOML file by path. "demo" is the Fashion-MNIST
-    scenario when its files are present, else the digits one."""
+    """A built-in scenario by name, or a TOML file by path. "demo" is the sub-population
+    scenario on Fashion-MNIST when its files are present, else on digits."""
     text = str(name_or_path)
     if text == "demo":
-        text = "fashion_five_owners" if FashionMNIST.available() else "digits_four_owners"
+        text = "fashion_subpop" if FashionMNIST.available() else "digits_subpop"
     path = Path(text).expanduser()
     if not (path.suffix == ".toml" or path.exists()):
         path = SCENARIO_DIR / f"{text}.toml"

@@ -64,7 +64,7 @@ def test_builtin_scenarios_parse() -> None:
 
 def test_demo_follows_fashion_availability(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv(ENV_VAR, str(tmp_path))  # empty: no Fashion-MNIST
-    assert load_scenario("demo").name == "digits_four_owners"
+    assert load_scenario("demo").name == "digits_subpop"
 
 
 def test_build_is_disjoint_and_shaped() -> None:
