@@ -16,6 +16,7 @@ from trainer_node.config import SelectionSettings, load_config, parse_config
 from trainer_node.pipeline import run_trainer
 from trainer_node.report import load_report
 from trainer_node.rounds import split_budget
+from trainer_node.verdict import compute_verdict, primary_request
 
 TOKEN = "trainer-rounds-token-0123456789"
 SCARCE = [3, 8]
@@ -118,6 +119,9 @@ def test_two_rounds_fetch_the_budget_in_two_requests_of_new_rows(owner):
         assert result["rows_received"] == 8  # the union is evaluated, as a one-shot subset
     (full,) = [q for q in rich["requests"] if q["method"] == "full"]
     assert full["round"] == 1 and not full["request_id"].endswith("-r1")  # never split
+    # the verdict and the page judge the chain as one purchase of 8 rows, not its first round
+    assert primary_request(rich, report)["rows_received"] == 8
+    assert compute_verdict(report)["owners"][0]["rows_received"] == 8
 
     # The same run id again: every round is asked exactly as before (same fine-tuned model,
     # same D_hard, same exclusion), so the owner replays them and charges nothing.

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from moe.model import build_model
+from moe.model import MoEClassifier, build_model
 from moe.train import Metrics, evaluate, finetune, train
 from mycroft.data.base import LabeledData
 from trainer_node.acquire import OwnerOutcome, ProgressEvent, ProgressFn, RequestOutcome
@@ -131,16 +131,16 @@ class Controls:
         return self._runs[key]
 
 
-def train_and_measure(
+def trained_model(
     base: Baseline,
     data: TrainerData,
     extra: LabeledData,
     mode: str,
     seed: int,
     settings: TrainingSettings,
-) -> TrainedEval:
-    """One (subset, mode, seed) cell: train, then evaluate on D_hard-eval and the test set."""
-    start = time.perf_counter()
+) -> MoEClassifier:
+    """The baseline fine-tuned on own rows + `extra` (mode "finetune"), or a model retrained
+    from scratch on both ("retrain")."""
     if mode == "finetune":
         model = copy.deepcopy(base.model)
         finetune(
@@ -153,6 +153,20 @@ def train_and_measure(
     else:
         model = build_model(base.config, seed=seed)  # the model takes its own copy of the config
         train(model, _combined(data.train, extra), train_config(settings, seed))
+    return model.eval()
+
+
+def train_and_measure(
+    base: Baseline,
+    data: TrainerData,
+    extra: LabeledData,
+    mode: str,
+    seed: int,
+    settings: TrainingSettings,
+) -> TrainedEval:
+    """One (subset, mode, seed) cell: train, then evaluate on D_hard-eval and the test set."""
+    start = time.perf_counter()
+    model = trained_model(base, data, extra, mode, seed, settings)
     seconds = time.perf_counter() - start
     return TrainedEval(
         dhard_accuracy=evaluate(model, base.dhard.eval).accuracy,

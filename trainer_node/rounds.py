@@ -15,7 +15,6 @@ locally (bench.quality_rounds).
 
 from __future__ import annotations
 
-import copy
 import logging
 import time
 from collections.abc import Callable
@@ -26,12 +25,12 @@ import numpy as np
 
 from moe.io import model_sha256, model_to_bytes
 from moe.model import MoEClassifier
-from moe.train import finetune, predict
+from moe.train import predict
 from mycroft.data.base import LabeledData
 from mycroft.messages import EmbeddedHard, RawHard
-from trainer_node.baseline import Baseline, TrainerData, hard_payload, train_config
+from trainer_node.baseline import Baseline, TrainerData, hard_payload
 from trainer_node.config import TrainingSettings
-from trainer_node.evaluate import oversampled
+from trainer_node.evaluate import trained_model
 
 log = logging.getLogger("mycroft.trainer.rounds")
 
@@ -94,21 +93,6 @@ def remaining_failures(
     return pool.subset(np.flatnonzero(wrong), "dhard-shared")
 
 
-def finetuned(
-    base: Baseline, data: TrainerData, extra: LabeledData, settings: TrainingSettings, seed: int
-) -> MoEClassifier:
-    """The baseline fine-tuned on own rows + `extra`, as the evaluation fine-tunes a subset."""
-    model = copy.deepcopy(base.model)
-    finetune(
-        model,
-        oversampled(extra, settings.oversample_to),
-        data.train,
-        train_config(settings, seed, finetune=True),
-        replay_fraction=settings.replay_fraction,
-    )
-    return model.eval()
-
-
 def _union(data: TrainerData, result: RoundsResult) -> LabeledData:
     return LabeledData(
         features=result.features,
@@ -156,7 +140,7 @@ def acquire_in_rounds(
     for i in range(len(plan)):
         t = time.perf_counter()
         if i > 0:
-            model = finetuned(base, data, _union(data, result), settings, seed)
+            model = trained_model(base, data, _union(data, result), "finetune", seed, settings)
             shared = remaining_failures(model, data.val, base.dhard.eval, base.dhard.classes)
             if len(shared) == 0:
                 result.stopped = (

@@ -46,10 +46,25 @@ def primary_results(owner: dict[str, Any], report: Report) -> list[dict[str, Any
 
 
 def primary_request(owner: dict[str, Any], report: Report) -> dict[str, Any] | None:
+    """The request behind the ranking's setting; with selection.rounds its rounds' records
+    merged into one (rows summed, ok when any round was answered)."""
     method, budget, _ = primary(report)
-    return next(
-        (q for q in owner["requests"] if (q["method"], q["budget"]) == (method, budget)), None
-    )
+    parts = [q for q in owner["requests"] if (q["method"], q["budget"]) == (method, budget)]
+    if len(parts) <= 1:
+        return parts[0] if parts else None
+    ok = [q for q in parts if q["status"] == "ok"]
+    last = (ok or parts)[-1]
+    return {
+        **last,
+        "status": "ok" if ok else "failed",
+        "rows_requested": budget,
+        "rows_received": sum(q["rows_received"] for q in ok),
+        "new_rows_charged": sum(q["new_rows_charged"] for q in ok),
+        # a class is missing when no round could return it
+        "missing_classes": sorted(set.intersection(*(set(q["missing_classes"]) for q in ok)))
+        if ok
+        else last["missing_classes"],
+    }
 
 
 def _pp(x: float) -> str:
