@@ -55,6 +55,9 @@ class SimulationPlan:
     trainer: TrainerConfig  # validated; run_local runs it without a file
     trainer_config: Path | None = None  # trainer.toml, when written for a separate trainer
     owners: list[OwnerPlan] = field(default_factory=list)
+    # The drawn scenario: it knows which rows are needles or wrong-labelled, and the report
+    # shows each request's share of them (a real trainer cannot know this).
+    truth: ScenarioData | None = None
 
 
 def _plain(value: Any) -> Any:
@@ -217,7 +220,7 @@ def prepare(
     config = parse_config(raw, base_dir=run_dir, config_path=trainer_path)
     if trainer_path is not None:
         _write_private(trainer_path, tomli_w.dumps(raw))
-    return SimulationPlan(run_dir, config, trainer_path, plans)
+    return SimulationPlan(run_dir, config, trainer_path, plans, truth=data)
 
 
 def _wait_serving(owner: OwnerPlan, proc: subprocess.Popen, log_path: Path, timeout: float) -> None:
@@ -269,7 +272,7 @@ def run_local(plan: SimulationPlan, *, startup_timeout: float = 120.0) -> int:
         for owner, proc in zip(plan.owners, procs, strict=True):
             _wait_serving(owner, proc, logs / f"{owner.name}.log", startup_timeout)
             log.info("owner %s serving on %s (pid %d)", owner.name, owner.address, proc.pid)
-        status = run_trainer_cli(plan.trainer)  # as `mycroft trainer run` does
+        status = run_trainer_cli(plan.trainer, truth=plan.truth)  # as `mycroft trainer run`
     finally:
         _stop(procs)
     if status != 0:  # the trainer has said where this run's report is; report.json is older

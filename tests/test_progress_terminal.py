@@ -4,6 +4,7 @@ nothing with --quiet. The terminal test runs the real CLI under a pseudo-termina
 from __future__ import annotations
 
 import io
+import json
 import logging
 import os
 import pty
@@ -85,7 +86,20 @@ def test_simulate_on_a_terminal_draws_bars_with_counts(tmp_path: Path) -> None:
     # Tiny scenario: each owner answers 2 requests; 3 owners x 2 requests x 1 seed to evaluate.
     assert re.search(r"acquire relevant: .* 2 of 2", text)
     assert re.search(r"evaluate: .* 6 of 6", text)
-    assert (tmp_path / "run" / "report.json").exists()
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    # The simulation knows which rows it flipped: each request says what share it got of them
+    # (none from the clean owners; no sub-population here). The noisy owner's flipped rows
+    # mostly carry labels outside D_hard's classes, which neither method asks for: its share
+    # is small but known (the exact values are checked in test_subpop).
+    truth = {
+        o["name"]: [q["truth"] for q in o["requests"] if q["rows_received"]]
+        for o in report["owners"]
+    }
+    assert all(t["needle"] is None for ts in truth.values() for t in ts)
+    assert all(t["wrong_label"] == 0.0 for t in truth["relevant"] + truth["irrelevant"])
+    assert len(truth["noisy"]) == 2 and all(0 <= t["wrong_label"] < 0.3 for t in truth["noisy"])
+    # and prints it beside the comparison with random rows
+    assert re.search(r"noisy\s+[+-]\d.*wrong labels \d+% / \d+%", text)
 
 
 def evaluate_events(clock: FakeClock, bars: StageBars, steps: list[tuple[float, int]]) -> None:

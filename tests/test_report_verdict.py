@@ -347,3 +347,27 @@ def test_no_random_comparison_when_random_is_the_ranking_method():
     r = report(with_random(owner("a", [0.4, 0.4]), [0.1, 0.1]))
     r["settings"]["rank_by"] = {**SETTING, "method": "random"}
     assert versus_random(r) == [] and versus_random_lines(r) == []
+
+
+def test_simulation_truth_is_shown_beside_the_gains_and_rounds_are_weighted():
+    a = with_random(owner("a", [0.40, 0.44, 0.42]), [0.08, 0.12, 0.10])
+    (smart,) = a["requests"]
+    # the smart purchase in two rounds of 16 and 16 rows: 100% and 50% needles -> 75% overall
+    rounds = [
+        {**smart, "rows_requested": 16, "rows_received": 16, "round": i, "truth": t}
+        for i, t in (
+            (1, {"needle": 1.0, "wrong_label": 0.0}),
+            (2, {"needle": 0.5, "wrong_label": None}),
+        )
+    ]
+    rand = {**smart, "method": "random", "truth": {"needle": 0.05, "wrong_label": 0.25}}
+    a["requests"] = rounds + [rand]
+    (row,) = versus_random(report(a))
+    assert row["smart_truth"] == {"needle": 0.75, "wrong_label": 0.0}
+    line = versus_random_lines(report(a))[1]
+    assert line.endswith("needles 75% / 5%, wrong labels 0% / 25%")
+    # without truth (a real run) nothing is added
+    assert (
+        "needles"
+        not in versus_random_lines(report(with_random(owner("b", [0.4, 0.4]), [0.1, 0.1])))[1]
+    )

@@ -17,7 +17,7 @@ from trainer_node.verdict import (
     harm_sentences,
     other_sentences,
 )
-from trainer_node.versus_random import versus_random
+from trainer_node.versus_random import TRUTH_LABELS, share_pair, truth_columns, versus_random
 
 VERDICT_CSS = """
 .verdict { border: 2px solid #2f6db5; border-radius: 6px; background: #f3f7fc;
@@ -67,6 +67,7 @@ def versus_random_table(report: dict[str, Any]) -> str:
     if not rows:
         return ""
     first = rows[0]
+    keys = truth_columns(rows)
     body = []
     for r in rows:
         ci = r["difference_ci95"]
@@ -75,7 +76,9 @@ def versus_random_table(report: dict[str, Any]) -> str:
         body.append(
             f"<tr><td>{esc(r['owner'])}</td>{signed_cell(r['smart_gain'])}"
             f'{signed_cell(r["random_gain"])}<td class="num">{ratio}</td>'
-            f"{signed_cell(r['difference'], esc(interval))}</tr>"
+            f"{signed_cell(r['difference'], esc(interval))}"
+            + "".join(f'<td class="num">{esc(share_pair(r, k))}</td>' for k in keys)
+            + "</tr>"
         )
     head = [
         "owner",
@@ -83,12 +86,18 @@ def versus_random_table(report: dict[str, Any]) -> str:
         "random gain (pp)",
         "ratio",
         "difference (pp) [95% CI]",
-    ]
+    ] + [f"{TRUTH_LABELS[k]} ({esc(first['method'])} / random)" for k in keys]
+    known = (
+        " Needles are rows of the sub-population the trainer's data lacks; this simulation "
+        "knows which rows they are (a real trainer does not)."
+        if "needle" in keys
+        else ""
+    )
     return (
         '<section id="versus-random"><h3>Selection vs random rows, same owner and budget</h3>'
         f'<p class="note">D_hard-eval gain with {first["budget"]} rows chosen by '
         f"{esc(first['method'])} and with {first['budget']} rows drawn at random from the same "
-        f"owner, paired by training seed ({first['seeds']} seeds).</p>"
-        + table(head, body, num_cols=(1, 2, 3, 4), table_id="versus-random-table")
+        f"owner, paired by training seed ({first['seeds']} seeds).{known}</p>"
+        + table(head, body, num_cols=range(1, 5 + len(keys)), table_id="versus-random-table")
         + "</section>"
     )

@@ -37,7 +37,13 @@ from trainer_node.report import (
     Settings,
     Timings,
 )
-from trainer_node.results import full_information, owner_reports, rank_all, setting_key
+from trainer_node.results import (
+    RowTruth,
+    full_information,
+    owner_reports,
+    rank_all,
+    setting_key,
+)
 from trainer_node.rounds import RoundsPlan
 from trainer_node.run_files import REPORT_NAME, write_run_reports
 from trainer_node.run_warnings import run_warnings, train_accuracy
@@ -142,11 +148,13 @@ def run_trainer(
     progress: ProgressFn | None = None,
     run_id: str | None = None,
     print_table: bool = False,
+    truth: RowTruth | None = None,
 ) -> Report:
     """Run the whole trainer side; write `<run_dir>/<run_id>/report.json` and, if an owner was
     ranked, `<run_dir>/report.json` (run_files). Owners that fail are in the report with their
     error; the run fails only if no owner passes pre-flight or the trainer's own side cannot go
-    on."""
+    on. `truth` (a simulation's knowledge of the owners' rows) adds each request's share of
+    needles and wrong labels to the report."""
     t0 = time.perf_counter()
     run_id = run_id or config.run_id or new_run_id(config.id)
     created_at = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
@@ -198,7 +206,7 @@ def run_trainer(
     results = evaluate_owners(outcomes, base, data, config.training, progress)
     t_eval = time.perf_counter() - t2
 
-    owners = owner_reports(outcomes, results, names)
+    owners = owner_reports(outcomes, results, names, truth)
     method, budget = config.selection.primary
     primary_mode = config.training.modes[0]
     ranking = rank_all(owners, setting_key(method, budget, primary_mode))
@@ -270,14 +278,16 @@ def run_trainer(
     return report
 
 
-def run_trainer_cli(config: TrainerConfig, progress: ProgressFn | None = None) -> int:
+def run_trainer_cli(
+    config: TrainerConfig, progress: ProgressFn | None = None, truth: RowTruth | None = None
+) -> int:
     """A run with progress bars and the summary table, as `mycroft trainer run` and `mycroft
     simulate` do it: 0 when at least one owner was ranked, 1 when none could be. User errors
     (MycroftError) propagate: the CLI prints their one-line message."""
     from mycroft.progress import StageBars
 
     with StageBars() as bars:
-        report = run_trainer(config, progress=progress or bars, print_table=True)
+        report = run_trainer(config, progress=progress or bars, print_table=True, truth=truth)
     return 0 if report.ranking else 1
 
 

@@ -137,6 +137,10 @@ class RequestRecord:
     error: str | None = None
     error_code: str | None = None
     round: int = 1  # its place in a chain of rounds (`budget` is the chain's total)
+    # Only in a simulation, where the scenario knows each row: the share of the rows received
+    # that are sub-population rows ("needle"), wrong-labelled or feature-corrupted; None (or a
+    # None share) where the scenario has no such rows.
+    truth: dict[str, float | None] | None = None
 
 
 @dataclass

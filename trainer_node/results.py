@@ -3,7 +3,10 @@ full-information baseline."""
 
 from __future__ import annotations
 
+import functools
 from collections import defaultdict
+from collections.abc import Callable
+from typing import Protocol
 
 import numpy as np
 
@@ -64,7 +67,18 @@ def utilities(results: list[SeedResult]) -> list[Utility]:
     return out
 
 
-def _request_record(req: RequestOutcome, class_names: tuple[str, ...]) -> RequestRecord:
+class RowTruth(Protocol):
+    """What a simulation knows about each owner's rows (mycroft.scenario.ScenarioData): the
+    share of a selection that is needles, wrong-labelled or noisy, by name."""
+
+    def truth_shares(self, owner: str, row_ids: np.ndarray) -> dict[str, float | None]: ...
+
+
+def _request_record(
+    req: RequestOutcome,
+    class_names: tuple[str, ...],
+    truth: Callable[[np.ndarray], dict[str, float | None]] | None = None,
+) -> RequestRecord:
     rec = RequestRecord(req.request_id, req.method, req.budget, req.rows_requested, "failed")
     rec.round = req.round
     if req.error is not None:
@@ -87,6 +101,8 @@ def _request_record(req: RequestOutcome, class_names: tuple[str, ...]) -> Reques
         class_names[c] if 0 <= c < len(class_names) else f"#{c}" for c in s.missing_classes
     ]
     rec.shortfall_reason = s.shortfall_reason or None
+    if truth is not None and len(sub):
+        rec.truth = truth(sub.row_ids)
     return rec
 
 
@@ -94,9 +110,11 @@ def owner_reports(
     outcomes: list[OwnerOutcome],
     results: dict[str, list[SeedResult]],
     class_names: tuple[str, ...],
+    truth: RowTruth | None = None,
 ) -> list[OwnerReport]:
     reports = []
     for o in outcomes:
+        shares = None if truth is None else functools.partial(truth.truth_shares, o.endpoint.name)
         info = o.info
         describe = None
         if info is not None:
@@ -125,7 +143,9 @@ def owner_reports(
                 model_uploaded=o.model_uploaded,
                 # a chain of rounds is reported as its rounds' requests
                 requests=[
-                    _request_record(q, class_names) for r in o.requests for q in r.rounds or [r]
+                    _request_record(q, class_names, shares)
+                    for r in o.requests
+                    for q in r.rounds or [r]
                 ],
                 results=own,
                 utility=utilities(own) if o.ok else [],

@@ -46,9 +46,27 @@ def primary_results(owner: dict[str, Any], report: Report) -> list[dict[str, Any
 
 
 def primary_request(owner: dict[str, Any], report: Report) -> dict[str, Any] | None:
-    """The request behind the ranking's setting; with selection.rounds its rounds' records
-    merged into one (rows summed, ok when any round was answered)."""
+    """The request behind the ranking's setting."""
     method, budget, _ = primary(report)
+    return setting_request(owner, method, budget)
+
+
+def _weighted_truth(ok: list[dict[str, Any]]) -> dict[str, float | None] | None:
+    """Rounds' truth shares combined, weighted by the rows each round returned."""
+    parts = [(q["truth"], q["rows_received"]) for q in ok if q.get("truth")]
+    if not parts:
+        return None
+    out: dict[str, float | None] = {}
+    for key in parts[0][0]:
+        known = [(t[key], n) for t, n in parts if t.get(key) is not None]
+        total = sum(n for _, n in known)
+        out[key] = sum(v * n for v, n in known) / total if total else None
+    return out
+
+
+def setting_request(owner: dict[str, Any], method: str, budget: int) -> dict[str, Any] | None:
+    """The owner's request for (method, budget); with selection.rounds its rounds' records
+    merged into one (rows summed, ok when any round was answered)."""
     parts = [q for q in owner["requests"] if (q["method"], q["budget"]) == (method, budget)]
     if len(parts) <= 1:
         return parts[0] if parts else None
@@ -64,6 +82,7 @@ def primary_request(owner: dict[str, Any], report: Report) -> dict[str, Any] | N
         "missing_classes": sorted(set.intersection(*(set(q["missing_classes"]) for q in ok)))
         if ok
         else last["missing_classes"],
+        "truth": _weighted_truth(ok),
     }
 
 

@@ -6,6 +6,10 @@ Each owner is compared at the ranking's (method, budget, training mode) with the
 method's results at that budget and mode, paired by training seed (both runs fine-tune from
 the same baseline with the same seed, so the per-seed difference cancels seed noise).
 
+In a simulation the report also knows what each request returned (RequestRecord.truth): the
+share of needles (rows of the sub-population the trainer lacks) and of wrong labels, shown
+beside the gains because they explain them.
+
 Computed from a report dict alone, like the verdict, so a saved report renders the same.
 """
 
@@ -14,7 +18,7 @@ from __future__ import annotations
 from typing import Any
 
 from trainer_node.ranking import mean_interval
-from trainer_node.verdict import primary
+from trainer_node.verdict import primary, setting_request
 
 RANDOM = "random"
 # A ratio to a random gain below half a point says nothing (random often gains ~0 on rare
@@ -59,9 +63,39 @@ def versus_random(report: dict[str, Any]) -> list[dict[str, Any]]:
                 "difference": diff.mean,
                 "difference_ci95": list(diff.ci95) if diff.ci95 else None,
                 "ratio": smart_mean / rand_mean if rand_mean >= MIN_RANDOM_GAIN else None,
+                "smart_truth": _truth(owner, method, budget),
+                "random_truth": _truth(owner, RANDOM, budget),
             }
         )
     return out
+
+
+def _truth(owner: dict[str, Any], method: str, budget: int) -> dict[str, float | None]:
+    q = setting_request(owner, method, budget)
+    return (q or {}).get("truth") or {}
+
+
+def truth_columns(rows: list[dict[str, Any]]) -> list[str]:
+    """The truth shares any row knows, in a fixed order ("needle", "wrong_label", ...)."""
+    keys = ("needle", "wrong_label", "noisy_features")
+    return [
+        k
+        for k in keys
+        if any(r[side].get(k) is not None for r in rows for side in ("smart_truth", "random_truth"))
+    ]
+
+
+TRUTH_LABELS = {"needle": "needles", "wrong_label": "wrong labels", "noisy_features": "noisy"}
+
+
+def share_pair(row: dict[str, Any], key: str) -> str:
+    """'75% / 4%': the share among the method's rows, then among random's."""
+
+    def one(side: str) -> str:
+        v = row[side].get(key)
+        return "–" if v is None else f"{100 * v:.0f}%"
+
+    return f"{one('smart_truth')} / {one('random_truth')}"
 
 
 def _pp(x: float) -> str:
@@ -90,4 +124,11 @@ def versus_random_lines(report: dict[str, Any]) -> list[str]:
         f"({first['method']} vs random @ {first['budget']} rows, D_hard-eval gain):"
     )
     width = max(len(r["owner"]) for r in rows)
-    return [head] + [f"  {r['owner']:<{width}}  {comparison_text(r)}" for r in rows]
+    keys = truth_columns(rows)
+
+    def known(r: dict[str, Any]) -> str:
+        # what the simulation knows about the rows: it explains the gains
+        parts = [f"{TRUTH_LABELS[k]} {share_pair(r, k)}" for k in keys]
+        return f"; {', '.join(parts)}" if parts else ""
+
+    return [head] + [f"  {r['owner']:<{width}}  {comparison_text(r)}{known(r)}" for r in rows]
