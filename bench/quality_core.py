@@ -2,99 +2,43 @@
 checkpoint, control runs), owner-side selection, and "train on own data + subset, measure the
 gain against the control".
 
-Training, the early checkpoint, oversampling and the controls are trainer_node's
-(train_with_checkpoint, train_and_measure with TrainingSettings.oversample_to, Controls,
-hard_payload, build_dhard): the gain of a cell is its D_hard-eval accuracy minus that of the
-same fine-tuning schedule and seed on as many of the trainer's own rows, exactly as the product
-reports it. This module only adds what the bench controls: owner sizes, which checkpoint owners
-score with, a per-seed baseline cache, and the class-blind `uniform` reference.
+The scenario file is the source of truth for the recipe (bench/quality_config.py); the
+baseline is cached per recipe and seed (bench/quality_baseline.py). Training, the early checkpoint, oversampling and the control's
+row draw are trainer_node's; bench/quality_train.py adds evaluation on the test
+sub-population slice and the references (full information, guided, oracle needles).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-import shutil
-import tempfile
 import time
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 
-from moe.io import load_model, save_model
-from moe.model import MoEClassifier, build_model
-from moe.train import embed_numpy, evaluate
-from mycroft.scenario import ScenarioData, build, load_scenario
-from selection import Candidates, HardSet, Head, get_strategy
-from trainer_node.baseline import (
-    Baseline,
-    TrainerData,
-    hard_payload,
-    model_config,
-    train_config,
-    train_with_checkpoint,
+from bench.quality_baseline import cache_key, cached_baseline
+from bench.quality_config import (  # noqa: F401  (re-exported: the bench's names live here)
+    BUDGET_BASES,
+    FULL,
+    METHODS,
+    REFERENCES,
+    UNIFORM,
+    BenchConfig,
 )
-from trainer_node.config import ModelSettings, TrainingSettings
+from bench.quality_train import (
+    GUIDED,
+    ORACLE,
+    SliceControls,
+    SliceEval,
+    guided_sample,
+    measure,
+    oracle_rows,
+)
+from moe.train import embed_numpy, evaluate
+from mycroft.scenario import ScenarioData, build
+from selection import Candidates, HardSet, Head, get_strategy
+from trainer_node.baseline import Baseline, TrainerData, hard_payload
 from trainer_node.dhard import build_dhard
-from trainer_node.evaluate import Controls, TrainedEval, train_and_measure, versus_control
-
-CACHE = Path(tempfile.gettempdir()) / "mycroft-quality-cache"
-METHODS = ("random", "feature", "gradient", "funcfeat")
-# A bench-only reference, not a strategy: B rows drawn uniformly from all of the owner's rows,
-# blind to D_hard's classes (what a "random" baseline means in much of the literature).
-UNIFORM = "uniform"
-FULL = "full"
-
-
-@dataclass
-class BenchConfig:
-    scenario: str = "fashion_five_owners"
-    # Owner sizes override the scenario file so that 1% is a meaningful row count
-    # (owner a: 6,000 rows -> 0.25%..2% = 15..120 rows, the paper's 16..128 range).
-    owner_sizes: dict[str, int] = field(
-        default_factory=lambda: {
-            "a_relevant": 6000,
-            "b_noisy_labels": 4000,
-            "c_noisy_features": 4000,
-            "d_irrelevant": 4000,
-            "e_small_relevant": 600,
-        }
-    )
-    budgets: tuple[float, ...] = (0.0025, 0.005, 0.01, 0.02, 0.05)  # share of an owner's rows
-    methods: tuple[str, ...] = (UNIFORM, *METHODS)
-    seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
-    base_epochs: int = 6
-    base_lr: float = 2e-3
-    score_checkpoint: str = "early"  # "early" (after score_epoch) or "final"
-    score_epoch: int = 1
-    finetune_epochs: int = 3  # 4 gave the same gains (owner a, 1%, one seed) at 4/3 the cost
-    finetune_lr: float = 1e-3
-    batch_size: int = 64
-    # a subset smaller than this is repeated up to it, per epoch (TrainingSettings.oversample_to)
-    oversample_to: int = 512
-    replay_fraction: float = 0.5
-    funcfeat_psi_in_pick: bool = False
-    # "dhard": each strategy's own split, in proportion to D_hard's class counts (METHOD.md);
-    # "equal": the bench calls the strategy once per class with an equal share of the budget.
-    class_split: str = "dhard"
-    threads: int = 1
-    test_size: int | None = None  # None: the scenario's
-
-    def training(self) -> TrainingSettings:
-        return TrainingSettings(
-            epochs=self.base_epochs,
-            batch_size=self.batch_size,
-            lr=self.base_lr,
-            mode="finetune",
-            replay_fraction=self.replay_fraction,
-            finetune_epochs=self.finetune_epochs,
-            finetune_lr=self.finetune_lr,
-            oversample_to=self.oversample_to,
-            extra={"num_threads": self.threads},
-        )
+from trainer_node.evaluate import versus_control
 
 
 @dataclass
@@ -106,13 +50,17 @@ class World:
     scen: ScenarioData
     data: TrainerData
     base: Baseline
-    controls: Controls  # trainer_node's control runs for this baseline and training recipe
+    controls: SliceControls  # trainer_node's control runs, also measured on the slices
     hard: HardSet
     head: Head
     candidates: dict[str, Candidates]
     base_seconds: float
     embed_seconds: dict[str, float]
     cached: bool
+    reference_rows: int  # the owner size budget shares are taken of ("common" basis)
+    # (owner, subset positions) -> its measurement: two methods that pick the same rows share
+    # one fine-tune (training is deterministic for a seed, so the numbers are the same)
+    trained: dict[tuple[str, bytes], SliceEval] = field(default_factory=dict)
 
 
 @dataclass
@@ -120,10 +68,13 @@ class Cell:
     seed: int
     owner: str
     method: str
-    budget_share: float | None  # None for full information
+    budget_share: float | None  # None for a reference (full, guided, oracle)
     rows: int
     relevant_share: float | None  # share of returned rows whose true class is a D_hard class
     clean_share: float | None  # share neither label-flipped nor feature-corrupted
+    needle_share: float | None  # share in the owner's sub-population (None: scenario has none)
+    wrong_label_share: float | None  # share whose label was flipped
+    noisy_feature_share: float | None  # share whose features got noise
     select_seconds: float
     dhard_accuracy: float
     test_accuracy: float
@@ -132,71 +83,43 @@ class Cell:
     control_test_accuracy: float
     dhard_gain: float  # vs the control (what trainer_node reports)
     test_gain: float  # vs the control
+    subpop_accuracy: float | None  # on the test set's sub-population slice (None: no slice)
+    rest_accuracy: float | None  # on the rest of the test set
+    subpop_gain: float | None  # on the test set's sub-population slice, vs the control
+    rest_gain: float | None  # on the rest of the test set, vs the control
     base_dhard_gain: float  # vs the baseline (kept for reference: flattered by the schedule)
     base_test_gain: float
     train_seconds: float
+    picked: str = ""  # the picked row ids, comma-separated (budgeted cells only)
 
 
-def _scenario(cfg: BenchConfig):
-    scen = load_scenario(cfg.scenario)
-    owners = tuple(
-        o.model_copy(update={"size": cfg.owner_sizes.get(o.name, o.size)}) for o in scen.owners
-    )
-    trainer = scen.trainer
-    if cfg.test_size is not None:
-        trainer = trainer.model_copy(update={"test_size": cfg.test_size})
-    return scen.model_copy(update={"owners": owners, "trainer": trainer})
-
-
-def _cache_key(cfg: BenchConfig, seed: int) -> str:
-    keys = ("scenario", "owner_sizes", "base_epochs", "base_lr", "score_epoch", "batch_size")
-    keys += ("test_size",)
-    blob = json.dumps({k: asdict(cfg)[k] for k in keys} | {"seed": seed}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-def _train_baseline(
-    cfg: BenchConfig, data: TrainerData, seed: int
-) -> tuple[MoEClassifier, MoEClassifier, float]:
-    """Final model and the checkpoint after `score_epoch` epochs (same run), seconds."""
-    mcfg = model_config(ModelSettings(gate="topk", num_experts=4, top_k=2), data)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = build_model(mcfg)
-    start = time.perf_counter()
-    tcfg = train_config(cfg.training(), seed)
-    early = train_with_checkpoint(model, data.train, tcfg, cfg.score_epoch)
-    return model, early, time.perf_counter() - start
+def picked_ids(cell: dict) -> np.ndarray:
+    """The row ids a JSON cell picked."""
+    return np.array([int(x) for x in cell["picked"].split(",") if x], dtype=np.int64)
 
 
 # Control runs shared across World objects of the same baseline and training recipe (the
 # ablation rebuilds worlds per variant; a variant that leaves training alone reuses them).
-_CONTROLS: dict[tuple[str, int, str], Controls] = {}
+_CONTROLS: dict[tuple[str, int, str], SliceControls] = {}
+
+
+def reference_rows(cfg: BenchConfig, scen: ScenarioData) -> int:
+    """What budget shares are taken of: the median owner's rows (the upper one of an even
+    count, as mycroft.simulate's budgets) or, with the "own" basis, 0 (each owner's own)."""
+    if cfg.budget_basis == "own":
+        return 0
+    sizes = sorted(len(d) for d in scen.owners.values())
+    return sizes[len(sizes) // 2]
 
 
 def make_world(cfg: BenchConfig, seed: int, log=print) -> World:
-    scen = build(_scenario(cfg), seed)
+    if cfg.budget_basis not in BUDGET_BASES:
+        raise ValueError(f"budget_basis: must be one of {BUDGET_BASES}, got {cfg.budget_basis!r}")
+    scen = build(cfg.spec(), seed)
     data = TrainerData(scen.trainer_train, scen.trainer_val, scen.test, "trainer")
-    folder = CACHE / _cache_key(cfg, seed)
-    cached = (folder / "final.safetensors").exists()
-    if cached:
-        model = load_model(folder / "final.safetensors")
-        early = load_model(folder / "early.safetensors")
-        seconds = json.loads((folder / "meta.json").read_text())["train_seconds"]
-    else:
-        model, early, seconds = _train_baseline(cfg, data, seed)
-        # written aside, then renamed: a concurrent bench process never reads half a model
-        tmp = folder.with_name(f"{folder.name}.{os.getpid()}.tmp")
-        tmp.mkdir(parents=True, exist_ok=True)
-        save_model(model, tmp / "final.safetensors", write_json=False)
-        save_model(early, tmp / "early.safetensors", write_json=False)
-        (tmp / "meta.json").write_text(json.dumps({"train_seconds": seconds}))
-        try:
-            tmp.rename(folder)
-        except OSError:  # another process finished first: use its copy
-            shutil.rmtree(tmp, ignore_errors=True)
-    log(f"seed {seed}: baseline {'cached' if cached else 'trained'} ({seconds:.1f} s)")
-    dhard = build_dhard(model, data.val, list(scen.dhard_classes), 0.5, seed)
+    model, early, seconds, cached = cached_baseline(cfg, data, seed, log)
+    run = scen.scenario.run
+    dhard = build_dhard(model, data.val, list(scen.dhard_classes), run.shared_fraction, seed)
     if len(dhard.shared) == 0 or len(dhard.eval) == 0:
         raise RuntimeError(
             f"seed {seed}: D_hard too small ({len(dhard.shared)}, {len(dhard.eval)})"
@@ -209,13 +132,13 @@ def make_world(cfg: BenchConfig, seed: int, log=print) -> World:
         dhard=dhard,
         dhard_eval_accuracy=evaluate(model, dhard.eval).accuracy,
         train_seconds=seconds,
-        scorer=early if cfg.score_checkpoint == "early" else model,
+        scorer=early,
     )
     scorer = base.scoring_model
-    key = (_cache_key(cfg, seed), seed, repr(cfg.training()))
+    key = (cache_key(cfg, seed), seed, repr(cfg.training()))
     controls = _CONTROLS.get(key)
     if controls is None:
-        controls = _CONTROLS[key] = Controls(base, data, cfg.training())
+        controls = _CONTROLS[key] = SliceControls(base, data, cfg.training(), scen.subpop_test)
     # Privacy-preserving mode: the owner gets only D_hard embeddings + closed-form gradients.
     payload = hard_payload(scorer, dhard.shared, "embedded")
     hard = HardSet(
@@ -241,11 +164,12 @@ def make_world(cfg: BenchConfig, seed: int, log=print) -> World:
         seconds,
         embed_seconds,
         cached,
+        reference_rows(cfg, scen),
     )
 
 
 def strategy_for(cfg: BenchConfig, method: str):
-    if method == UNIFORM:
+    if method == UNIFORM or method in REFERENCES:
         return None
     if method == "funcfeat":
         return get_strategy("funcfeat", psi_in_pick=cfg.funcfeat_psi_in_pick)
@@ -273,46 +197,60 @@ def _select_equal_split(strategy, cand: Candidates, world: World, budget: int) -
     return np.concatenate(out)
 
 
+def budget_rows(world: World, owner: str, share: float) -> int:
+    """A budget share as rows for `owner`: of the reference size (the same for every owner) or,
+    with the "own" basis, of the owner's rows; never more than the owner holds."""
+    held = len(world.scen.owners[owner])
+    of = world.reference_rows or held
+    return min(held, world.scen.scenario.run.budget_rows(share, of))
+
+
+def _pick(cfg: BenchConfig, world: World, owner: str, method: str, share, strategy) -> np.ndarray:
+    """Positions (into the owner's rows) of what the owner sends; all rows for a reference."""
+    cand = world.candidates[owner]
+    if method in (FULL, GUIDED):
+        return np.arange(len(cand.row_ids))
+    if method == ORACLE:
+        return np.flatnonzero(oracle_rows(world.scen, owner))
+    budget = budget_rows(world, owner, share)
+    if method == UNIFORM:
+        ids = np.random.default_rng([world.seed, 7]).choice(cand.row_ids, budget, replace=False)
+    elif cfg.class_split == "equal":
+        ids = _select_equal_split(strategy, cand, world, budget)
+    else:
+        ids = strategy.select(cand, world.hard, budget, head=world.head, seed=world.seed).row_ids
+    return np.flatnonzero(np.isin(cand.row_ids, ids))
+
+
 def run_cell(
     cfg: BenchConfig, world: World, owner: str, method: str, share: float | None, strategy
 ) -> Cell:
     """Select (owner side), then fine-tune on own data + subset and measure (trainer side)."""
     rows_all = world.scen.owners[owner]
-    cand = world.candidates[owner]
-    budget = len(rows_all) if share is None else max(1, int(round(share * len(rows_all))))
     t0 = time.perf_counter()
-    if method == UNIFORM:
-        ids = np.random.default_rng([world.seed, 7]).choice(cand.row_ids, budget, replace=False)
-    elif cfg.class_split == "equal" and share is not None:
-        ids = _select_equal_split(strategy, cand, world, budget)
-    else:
-        ids = strategy.select(cand, world.hard, budget, head=world.head, seed=world.seed).row_ids
+    pos = _pick(cfg, world, owner, method, share, strategy)
     select_seconds = time.perf_counter() - t0
-    pos = np.flatnonzero(np.isin(cand.row_ids, ids))
-    base = TrainedEval(world.base.dhard_eval_accuracy or 0.0, world.base.test, 0.0)
     if len(pos) == 0:  # nothing to send: the model is unchanged, gain 0 (as trainer_node does)
-        return _cell(world, owner, method, share, 0, None, None, select_seconds, base, base)
-    relevant = float(world.scen.relevant(owner)[pos].mean())
-    clean = ~(world.scen.noisy_label[owner][pos] | world.scen.corrupted[owner][pos])
+        base = world.controls.unchanged()
+        return _cell(world, owner, method, share, pos, select_seconds, base, base)
     subset = rows_all.subset(pos, name=f"{owner}-{method}")
-    # trainer_node oversamples the subset to settings.oversample_to in finetune mode, and the
-    # control on as many own rows gets the same number of steps
-    trained = train_and_measure(
-        world.base, world.data, subset, "finetune", world.seed, cfg.training()
-    )
-    control = world.controls.get("finetune", world.seed, len(pos))
-    return _cell(
-        world,
-        owner,
-        method,
-        share,
-        len(pos),
-        relevant,
-        float(clean.mean()),
-        select_seconds,
-        trained,
-        control,
-    )
+    if method == GUIDED:  # as many draws as rows (full's steps), weighted toward D_hard
+        subset = guided_sample(subset, world.candidates[owner], world.hard, world.seed)
+    key = (f"{owner}/{method == GUIDED}", pos.tobytes())
+    if key not in world.trained:
+        # trainer_node oversamples the subset to settings.oversample_to in finetune mode, and
+        # the control on as many own rows gets the same number of steps
+        world.trained[key] = measure(
+            world.base,
+            world.data,
+            subset,
+            world.seed,
+            world.controls.settings,
+            world.controls.slice,
+        )
+    trained = world.trained[key]
+    control = world.controls.get("finetune", world.seed, len(subset))
+    return _cell(world, owner, method, share, pos, select_seconds, trained, control)
 
 
 def _cell(
@@ -320,43 +258,65 @@ def _cell(
     owner: str,
     method: str,
     share: float | None,
-    rows: int,
-    relevant: float | None,
-    clean: float | None,
+    pos: np.ndarray,
     select_seconds: float,
-    trained: TrainedEval,
-    control: TrainedEval,
+    trained: SliceEval,
+    control: SliceEval,
 ) -> Cell:
-    before_d = world.base.dhard_eval_accuracy or 0.0
-    before_t = world.base.test.accuracy
+    scen = world.scen
+    ids = scen.owners[owner].row_ids[pos]
+    truth = scen.truth_shares(owner, ids) if len(pos) else {}
+    some = len(pos) > 0
+    clean = ~(scen.noisy_label[owner][pos] | scen.corrupted[owner][pos])
+
+    def diff(a: float | None, b: float | None) -> float | None:
+        return None if a is None or b is None else a - b
+
     return Cell(
         seed=world.seed,
         owner=owner,
         method=method,
         budget_share=share,
-        rows=rows,
-        relevant_share=relevant,
-        clean_share=clean,
+        rows=len(pos),
+        relevant_share=float(scen.relevant(owner)[pos].mean()) if some else None,
+        clean_share=float(clean.mean()) if some else None,
+        needle_share=truth.get("needle"),
+        wrong_label_share=truth.get("wrong_label"),
+        noisy_feature_share=truth.get("noisy_features"),
         select_seconds=select_seconds,
         **versus_control(trained, control),
-        base_dhard_gain=trained.dhard_accuracy - before_d,
-        base_test_gain=trained.test.accuracy - before_t,
+        subpop_accuracy=trained.subpop_accuracy,
+        rest_accuracy=trained.rest_accuracy,
+        subpop_gain=diff(trained.subpop_accuracy, control.subpop_accuracy),
+        rest_gain=diff(trained.rest_accuracy, control.rest_accuracy),
+        base_dhard_gain=trained.dhard_accuracy - (world.base.dhard_eval_accuracy or 0.0),
+        base_test_gain=trained.test.accuracy - world.base.test.accuracy,
         train_seconds=trained.train_seconds,
+        picked=",".join(map(str, np.sort(ids))) if share is not None else "",
     )
+
+
+def references_for(cfg: BenchConfig, scen: ScenarioData) -> tuple[str, ...]:
+    """The references this config runs on this scenario: ORACLE needs a sub-population."""
+    has_needles = any(scen.needles(o).any() for o in scen.owners)
+    return tuple(r for r in cfg.references if r != ORACLE or has_needles)
 
 
 def run_seed(cfg: BenchConfig, seed: int, log=print) -> tuple[World, list[Cell]]:
     world = make_world(cfg, seed, log)
     cells: list[Cell] = []
+    refs = references_for(cfg, world.scen)
     for owner in world.scen.owners:
         for method in cfg.methods:
             strategy = strategy_for(cfg, method)  # one per owner: the FAISS index is reused
             for share in cfg.budgets:
                 cells.append(run_cell(cfg, world, owner, method, share, strategy))
-        cells.append(run_cell(cfg, world, owner, FULL, None, get_strategy(FULL)))
+        for ref in refs:
+            cells.append(run_cell(cfg, world, owner, ref, None, None))
         done = [c for c in cells if c.owner == owner]
+        gains = ", ".join(f"{c.method} {c.dhard_gain:+.3f}" for c in done if c.method in refs)
         log(
-            f"seed {seed} {owner}: {len(done)} cells, full gain {done[-1].dhard_gain:+.3f}, "
+            f"{cfg.scenario} seed {seed} {owner}: {len(done)} cells, {gains}, "
             f"train {sum(c.train_seconds for c in done):.0f} s"
         )
     return world, cells

@@ -94,35 +94,99 @@ def _budget_grid(
     return "\n".join(lines)
 
 
-def recovery_table(ix: Index, owner: str, methods, budgets) -> str:
+def recovery_table(ix: Index, owner: str, methods, budgets, ref: str = FULL) -> str:
     def cell(m: str, share: float) -> str:
         r = ix.get(owner, m, share)
-        return f"{ci(r['recovered_per_seed'], 100.0)}% / {ratio(r['x_random'])}"
+        return f"{ci(r[f'recovered_per_seed_{ref}'])}% / {ratio(r['x_random'])}"
 
-    return _budget_grid(methods, budgets, lambda m: f"{m}: % of full / × random", cell)
+    return _budget_grid(methods, budgets, lambda m: f"{m}: % of {ref} / × random", cell)
 
 
-def agreement_table(ix: Index, methods, budgets) -> str:
+def agreement_table(ix: Index, methods, budgets, ref: str | None = None) -> str:
+    """Spearman ρ / Kendall τ-b of the owner ranking against `ref` (default: the yardstick)."""
+    ref = ref or ix.s["yardstick"]
+
     def cell(m: str, share: float) -> str:
         a = ix.agreement(m, share)
-        return f"{_num(a['spearman'])} / {_num(a['kendall_tau'])}"
+        return f"{_num(a[f'spearman_{ref}'])} / {_num(a[f'kendall_tau_{ref}'])}"
 
     return _budget_grid(methods, budgets, lambda m: f"{m} ρ / τ", cell)
 
 
+def references(ix: Index) -> list[str]:
+    """The references run for every owner (full first, the yardstick among them)."""
+    return list(ix.s["references"])
+
+
 def owners_table(ix: Index, owners: list[str], methods, share: float) -> str:
-    cols = list(methods) + [FULL]
+    refs = references(ix)
+    cols = list(methods) + refs
     lines = [
         "| owner | " + " | ".join(cols) + " | best ours | clean rows: random / best ours |",
         "|" + "---|" * (len(cols) + 3),
     ]
     for o in owners:
         cells = [ci(ix.get(o, m, share)["dhard_gain"], signed=True) for m in methods]
-        cells.append(ci(ix.get(o, FULL, None)["dhard_gain"], signed=True))
+        cells += [ci(ix.get(o, r, None)["dhard_gain"], signed=True) for r in refs]
         best = ix.best(o, share)
         b, r = ix.get(o, best, share), ix.get(o, "random", share)
         clean = f"{pct(r['clean_share'], 0)}% / {pct(b['clean_share'], 0)}%"
         lines.append(f"| {o} | " + " | ".join(cells) + f" | {best} | {clean} |")
+    return "\n".join(lines)
+
+
+def share_table(ix: Index, owners: list[str], methods, budgets, field: str) -> str:
+    """A share of the picks (needle precision, wrong-label share), owner × method, one column
+    per (method, budget); references give the owner's own share for comparison."""
+    cols = [(m, s) for s in budgets for m in methods]
+    lines = [
+        "| owner | " + " | ".join(f"{m} {100 * s:g}%" for m, s in cols) + f" | {FULL} |",
+        "|" + "---|" * (len(cols) + 2),
+    ]
+    for o in owners:
+        cells = [pct(ix.get(o, m, s)[field], 0) for m, s in cols]
+        cells.append(pct(ix.get(o, FULL, None)[field], 0))
+        lines.append(f"| {o} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def slice_table(ix: Index, owner: str, methods, budgets) -> str:
+    """Gains on the test set's sub-population slice and on the rest, vs the control."""
+
+    def cell(m: str, share: float | None) -> str:
+        r = ix.get(owner, m, share)
+        return f"{ci(r['subpop_gain'], signed=True)} / {ci(r['rest_gain'], signed=True)}"
+
+    grid = _budget_grid(list(methods), list(budgets), lambda m: f"{m}: slice / rest", cell)
+    refs = " · ".join(f"{r} {cell(r, None)}" for r in references(ix))
+    return f"{grid}\n\nReferences (slice / rest): {refs}."
+
+
+def summary_table(
+    ix: Index, lead: str, noisy: str | None, methods, budgets, has_subpop: bool
+) -> str:
+    """The family at a glance: one row per (budget, method) on the lead owner."""
+    yard = ix.s["yardstick"]
+    head = ["budget", "method", "D_hard gain", "× random", "− random (paired)"]
+    head += [f"% of {yard}", f"% of {FULL}"] if yard != FULL else [f"% of {FULL}"]
+    head += ["needle precision"] if has_subpop else []
+    head += [f"wrong labels ({noisy})"] if noisy else []
+    head += [f"ρ vs {yard}"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for share in budgets:
+        for m in methods:
+            r = ix.get(lead, m, share)
+            cells = [f"{100 * share:g}% ({r['rows']})", m, ci(r["dhard_gain"], signed=True)]
+            cells += [
+                ratio(r["x_random"]),
+                ci(r["vs_random"], signed=True) if m != "random" else "–",
+            ]
+            cells += [f"{ci(r[f'recovered_per_seed_{yard}'])}%"]
+            cells += [f"{ci(r[f'recovered_per_seed_{FULL}'])}%"] if yard != FULL else []
+            cells += [f"{pct(r['needle_share'], 0)}%"] if has_subpop else []
+            cells += [f"{pct(ix.get(noisy, m, share)['wrong_label_share'], 0)}%"] if noisy else []
+            cells += [_num(ix.agreement(m, share)["spearman"])]
+            lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -162,11 +226,14 @@ def plot(ix: Index, owners: list[str], methods, budgets, headline: float, path: 
         marker="x",
         label="control (own rows, same schedule)",
     )
-    full = ix.get(a, FULL, None)["dhard_accuracy"]
-    left.axhline(100 * full["mean"], color="k", ls="--", label=f"full information ({a})")
-    if full["ci95_half"] is not None:
-        lo, hi = 100 * (full["mean"] - full["ci95_half"]), 100 * (full["mean"] + full["ci95_half"])
-        left.axhspan(lo, hi, color="k", alpha=0.08)
+    for ref, colour in zip(
+        dict.fromkeys([FULL, ix.s["yardstick"]]), ("k", "tab:purple"), strict=False
+    ):
+        acc = ix.get(a, ref, None)["dhard_accuracy"]
+        left.axhline(100 * acc["mean"], color=colour, ls="--", label=f"{ref} ({a})")
+        if acc["ci95_half"] is not None:
+            lo, hi = 100 * (acc["mean"] - acc["ci95_half"]), 100 * (acc["mean"] + acc["ci95_half"])
+            left.axhspan(lo, hi, color=colour, alpha=0.08)
     left.set_xscale("log")
     left.set_xticks(ticks, [str(t) for t in ticks])
     left.minorticks_off()
@@ -174,10 +241,11 @@ def plot(ix: Index, owners: list[str], methods, budgets, headline: float, path: 
     left.set_ylabel("accuracy on held-out D_hard (%)")
     left.set_title(f"Owner {a}: D_hard accuracy vs budget (mean ± 95% CI)")
     left.legend(fontsize=8)
-    cols = list(methods) + [FULL]
+    refs = references(ix)
+    cols = list(methods) + refs
     width = 0.8 / len(cols)
     for j, m in enumerate(cols):
-        share = None if m == FULL else headline
+        share = None if m in refs else headline
         g = [ix.get(o, m, share)["dhard_gain"] for o in owners]
         right.bar(
             [i + (j - len(cols) / 2 + 0.5) * width for i in range(len(owners))],
@@ -185,7 +253,7 @@ def plot(ix: Index, owners: list[str], methods, budgets, headline: float, path: 
             width,
             yerr=[100 * (s["ci95_half"] or 0.0) for s in g],
             capsize=2,
-            label=m if m == FULL else f"{m} @ {100 * headline:g}%",
+            label=m if m in refs else f"{m} @ {100 * headline:g}%",
         )
     right.set_xticks(range(len(owners)), owners, rotation=15, fontsize=8)
     right.set_ylabel("D_hard accuracy gain vs control (points)")

@@ -6,54 +6,50 @@ from __future__ import annotations
 from typing import Any
 
 from bench.quality_core import BenchConfig
-from bench.quality_report import Index
+from bench.quality_report import Index, ci
 
 
-def what_we_chose(cfg: BenchConfig, finetune_seconds: float) -> str:
-    sizes = ", ".join(f"{k} {v:,}" for k, v in cfg.owner_sizes.items())
+def what_we_chose(family: dict[str, Any], finetune_seconds: float) -> str:
+    """The recipe as run (resolved from the scenario file and the family's overrides)."""
+    cfg = BenchConfig(**family["config"])
+    recipe = family["recipe"]
+    t = recipe["training"]
+    sizes = ", ".join(f"{k} {v:,}" for k, v in recipe["owner_sizes"].items())
     budgets = ", ".join(f"{100 * b:g}%" for b in cfg.budgets)
     ckpt = (
-        f"the checkpoint after epoch {cfg.score_epoch} of the baseline's {cfg.base_epochs}"
-        if cfg.score_checkpoint == "early"
+        f"the checkpoint after epoch {recipe['score_epoch']} of the baseline's {t['epochs']}"
+        if recipe["score_epoch"]
         else "the converged baseline"
     )
-    return f"""**What we chose and why.** Scenario `{cfg.scenario}` (trainer: 2,000 Fashion-MNIST
-rows, 16 per scarce class T-shirt/top, Pullover, Coat, Shirt; D_hard = its misclassified
-validation rows of those classes, half shared with owners, half held out), with owner sizes
-enlarged to {sizes} so the budgets ({budgets} of an owner's rows) are 15–300 rows for owner (a),
-the paper's 16–128 range, instead of 5–20 rows of the file's 2,000. Baseline: the scenario's
-MoE (conv stem, 4 experts, top-2), {cfg.base_epochs} epochs, lr {cfg.base_lr:g}, batch
-{cfg.batch_size}, one torch thread; trained once per seed and cached. Owners score with
-**{ckpt}** (METHOD.md: early checkpoints select better; the ablation below measures it) in the
-privacy-preserving mode: they receive only D_hard-shared's embeddings and closed-form last-layer
-gradients from that checkpoint. Trainer side: **fine-tune** from the baseline (not retrain:
-a budgeted fine-tune took {finetune_seconds:.1f} s here, which is what lets
-{len(cfg.seeds)} seeds × 5 owners × {len(cfg.methods)} methods × {len(cfg.budgets)} budgets fit
-in the time limit), {cfg.finetune_epochs} epochs at lr {cfg.finetune_lr:g} re-warmed, replaying
-the trainer's own rows at {cfg.replay_fraction:.0%} of each epoch. A subset smaller than
-{cfg.oversample_to} rows is **oversampled** (repeated) to {cfg.oversample_to} rows per epoch, so
-15 rows get the same number of optimiser steps as 300 and can move the model; full information
-uses the same recipe on all of an owner's rows. Budgets are split over D_hard classes in
-proportion to D_hard's class counts by every strategy (random included, as METHOD.md asks), so
-random is a strong, class-aware baseline. For reference the bench also runs **uniform**: B rows
-drawn uniformly from all of the owner's rows, blind to D_hard (not a library strategy). Every
-cell (uniform and full information included) is measured against **the control** of its size:
-the same fine-tuning schedule and seed on as many of the trainer's own rows
-(`trainer_node.evaluate.Controls`, cached per seed and row count; below {cfg.oversample_to} rows
-the control is {cfg.oversample_to} own rows, the steps an oversampled subset gets). A method
-that returns no rows leaves the model unchanged: gain 0. Training, the early checkpoint,
-oversampling and the controls are `trainer_node`'s (`train_with_checkpoint`,
-`train_and_measure` with `TrainingSettings.oversample_to`, `Controls`); statistics reuse
-`trainer_node.ranking`."""
+    basis = (
+        f"of the median owner's {family['meta']['reference_rows']:,} rows, the same row count "
+        "for every owner (as `mycroft simulate` asks)"
+        if cfg.budget_basis == "common"
+        else "of each owner's own rows"
+    )
+    override = f", except: {family['why']}" if family.get("why") else ""
+    m = recipe["model"]
+    return f"""**What we ran.** Scenario `{cfg.scenario}` ({family["description"]}), owners {sizes}.
+The scenario file sets the recipe{override}. Budgets {budgets} {basis}
+(`--budget-basis {cfg.budget_basis}`). Baseline: MoE ({m["gate"]}, {m["num_experts"]} experts,
+top-{m["top_k"]}), {t["epochs"]} epochs, lr {t["lr"]:g}, batch {t["batch_size"]}, one torch
+thread; trained once per seed and cached. Owners score with **{ckpt}** in the
+privacy-preserving mode (D_hard-shared's embeddings and closed-form last-layer gradients only).
+Trainer side: **fine-tune** from the baseline ({t["finetune_epochs"] or t["epochs"]} epochs at lr
+{t["finetune_lr"] or t["lr"]:g} re-warmed, replaying own rows at {t["replay_fraction"]:.0%} of each
+epoch; a budgeted fine-tune took {finetune_seconds:.1f} s); a subset under {t["oversample_to"]}
+rows is repeated up to {t["oversample_to"]} per epoch. Every cell is measured against **the
+control** of its size: the same schedule and seed on as many of the trainer's own rows
+(`trainer_node.evaluate.Controls`'s draw; the bench also measures the test set's
+sub-population slice where there is one, which the product cannot see). A method that returns no rows leaves the
+model unchanged: gain 0."""
 
 
 def _fmt(x: float | None) -> str:
     return "–" if x is None else f"{x:.2f}"
 
 
-def discussion(
-    summary: dict[str, Any], ix: Index, owners: list[str], ablation: list[dict], v: dict
-) -> str:
+def discussion(summary: dict[str, Any], ix: Index, owners: list[str], ablation: list[dict]) -> str:
     a, b_owner = owners[0], owners[1]
     budgets = sorted({r["budget_share"] for r in summary["rows"] if r["budget_share"]})
     methods = sorted({r["method"] for r in summary["rows"] if r["budget_share"]})
@@ -163,16 +159,15 @@ def discussion(
             "D_hard class, so every library strategy returns no rows and its budgeted gain is "
             "exactly 0."
         )
-    paired = summary.get("paired_vs_random", {})
+    paired = {
+        f"{a}@{s}": {m: ix.get(a, m, s)["vs_random"] for m in ours if ix.get(a, m, s)["vs_random"]}
+        for s in budgets
+    }
     if paired:
         lines = []
         for s in budgets:
             p = paired.get(f"{a}@{s}", {})
-            cells = ", ".join(
-                f"{m} {100 * p[m]['mean']:+.1f} ± {100 * (p[m]['ci95_half'] or 0):.1f}"
-                for m in ours
-                if m in p
-            )
+            cells = ", ".join(f"{m} {ci(p[m], signed=True)}" for m in ours if m in p)
             lines.append(f"{100 * s:g}%: {cells}")
         sig = [
             f"{m} at {100 * s:g}%"
@@ -215,4 +210,54 @@ def discussion(
                     "worth more than the row-level choice here."
                 )
         parts.append(text)
+    return "\n\n".join(parts)
+
+
+def subpop_discussion(ix: Index, owners: list[str], lead: str, noisy: str | None) -> str:
+    """Claims computed from a sub-population run: how well picks hit needles, what the
+    references say about the owner's worth, and how the ranking agrees with them."""
+    budgets = sorted({r["budget_share"] for r in ix.s["rows"] if r["budget_share"]})
+    methods = sorted({r["method"] for r in ix.s["rows"] if r["budget_share"]})
+    ours = [m for m in ("feature", "gradient", "funcfeat") if m in methods]
+    yard = ix.s["yardstick"]
+    base_rate = ix.get(lead, "full", None)["needle_share"]
+    parts = []
+    for s in (x for x in budgets if x in (0.005, 0.01)):
+        prec = ", ".join(
+            f"{m} {100 * (ix.get(lead, m, s)['needle_share'] or 0):.0f}%" for m in methods
+        )
+        parts.append(
+            f"Needle precision on owner ({lead}) at {100 * s:g}%: {prec} (the owner's rows are "
+            f"{100 * (base_rate or 0):.0f}% needles, what a blind draw gets)."
+        )
+    refs = ", ".join(
+        f"{r} {100 * ix.get(lead, r, None)['dhard_gain']['mean']:+.1f}" for r in ix.s["references"]
+    )
+    best = ix.best(lead, 0.01) if 0.01 in budgets else ours[0]
+    b = ix.get(lead, best, 0.01 if 0.01 in budgets else budgets[0])
+    parts.append(
+        f"References on owner ({lead}), D_hard gain vs control in points: {refs}; the best of "
+        f"ours ({best}) gains {100 * b['dhard_gain']['mean']:+.1f} at 1%, "
+        f"{_fmt(b['recovered_of_full'])}× full information and "
+        f"{_fmt(b[f'recovered_of_{yard}'])}× the yardstick ({yard}) in ratio of means."
+    )
+    if noisy is not None and 0.01 in budgets:
+        own = ix.get(noisy, "full", None)["wrong_label_share"]
+        picks = ", ".join(
+            f"{m} {100 * (ix.get(noisy, m, 0.01)['wrong_label_share'] or 0):.0f}%" for m in methods
+        )
+        parts.append(
+            f"Wrong labels among the noisy owner's ({noisy}) picks at 1%: {picks} (the owner's "
+            f"rows: {100 * (own or 0):.0f}%)."
+        )
+    if 0.01 in budgets:
+        rho = ", ".join(
+            f"{m} {_fmt(ix.agreement(m, 0.01)['spearman'])} / "
+            f"{_fmt(ix.agreement(m, 0.01)['spearman_full'])}"
+            for m in methods
+        )
+        parts.append(
+            f"Owner ranking at 1%, Spearman vs the yardstick ({' > '.join(ix.s['yardstick_order'])})"
+            f" / vs full information ({' > '.join(ix.s['full_order'])}): {rho}."
+        )
     return "\n\n".join(parts)

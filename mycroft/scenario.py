@@ -12,7 +12,8 @@ built from any labelled data source. Format (annotated examples in mycroft/scena
   [subpop]                  optional: kind = "transform" | "cluster", transform, classes,
                             clusters: the sub-population the trainer lacks (mycroft/subpop.py)
   [run]                     methods, budgets (ints = rows, floats in (0, 1] = share of owner),
-                            seeds, dhard_classes?, shared_fraction, training, epochs
+                            seeds, dhard_classes?, shared_fraction, training, epochs,
+                            mode, mode_by_method (e.g. { binning = "raw" })
   [run.model]               gate, experts, top_k
 
 Each table is a declared model on mycroft.config_base: `load_scenario(name_or_path)` parses
@@ -123,6 +124,10 @@ class RunSpec(ConfigModel):
     # Share of D_hard sent to owners (some is needed); the rest measures the gains.
     shared_fraction: Float = Field(0.5, gt=0, lt=1)
     training: Literal["finetune", "retrain"] = "finetune"
+    # The form D_hard is sent in (trainer selection.mode), and per method where it differs:
+    # binning reads raw rows, e.g. mode_by_method = { binning = "raw" }
+    mode: Literal["embedded", "raw"] = "embedded"
+    mode_by_method: dict[Name, Literal["embedded", "raw"]] = Field(default_factory=dict)
     epochs: Int = Field(3, ge=1)
     model: ModelSpec = ModelSpec()
     # Fine-tuning on a subset (see trainer_node.config.TrainingSettings); None: trainer default.
@@ -130,6 +135,14 @@ class RunSpec(ConfigModel):
     finetune_lr: Float | None = Field(None, ge=1e-8, le=10)
     oversample_to: Int = Field(0, ge=0)
     score_epoch: Int | None = Field(None, ge=1)  # owners score with this baseline epoch
+
+    @model_validator(mode="after")
+    def _modes(self) -> RunSpec:
+        from trainer_node.selection_names import check_modes  # the trainer's own rule
+
+        methods = [m for m in self.methods if m != "full"]
+        check_modes(methods, lambda m: self.mode_by_method.get(m, self.mode))
+        return self
 
     def budget_rows(self, budget: int | float, owner_rows: int) -> int:
         """A budget as a row count for an owner holding `owner_rows` rows."""

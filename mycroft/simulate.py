@@ -208,7 +208,8 @@ def prepare(
         "selection": {
             "methods": methods,
             "budgets": budgets,
-            "mode": "embedded",
+            "mode": run.mode,
+            "mode_by_method": dict(run.mode_by_method),
             "score_epoch": run.score_epoch,
             "rank_by": _rank_by(methods, budgets),
         },

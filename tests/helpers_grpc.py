@@ -297,8 +297,8 @@ def acquire_context(
         run_id=run_id,
         model_bytes=model,
         model_sha256=model_sha256(model),
-        hard=RawHard(data.features[:6], data.labels[:6]),
+        hard={"raw": RawHard(data.features[:6], data.labels[:6])},
         class_names=data.class_names,
         input_shape=data.input_shape,
-        selection=SelectionSettings(methods=methods, budgets=budgets),
+        selection=SelectionSettings(methods=methods, budgets=budgets, mode="raw"),
     )

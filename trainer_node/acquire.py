@@ -194,7 +194,8 @@ class _OwnerJob:
             if budget is not None and ctx.rounds is not None and rounds > 1:
                 self._chain(client, ctx, req, ctx.rounds)
             else:
-                self._ask(client, ctx, req, self._spec(ctx, req, ctx.hard), ctx.model_bytes)
+                hard = ctx.hard[ctx.selection.mode_for(method)]
+                self._ask(client, ctx, req, self._spec(ctx, req, hard), ctx.model_bytes)
             if req.subset is not None:
                 out.budget = req.subset.summary.budget
             elif req.error is not None and _allowance_spent(req.error):
@@ -276,7 +277,7 @@ class _OwnerJob:
                     return None
             return self._ask(client, ctx, part, self._spec(ctx, part, hard, sha, held), blob)
 
-        result = plan.acquire(req.budget, ask)
+        result = plan.acquire(req.budget, ask, ctx.selection.mode_for(req.method))
         answered = [r.subset for r in req.rounds if r.subset is not None]
         if answered:
             req.subset = _merged(answered, req.request_id, result.stopped)
@@ -333,7 +334,7 @@ class AcquireContext:
     run_id: str
     model_bytes: bytes
     model_sha256: str
-    hard: RawHard | EmbeddedHard
+    hard: dict[str, RawHard | EmbeddedHard]  # D_hard in each form the run sends, by mode
     class_names: tuple[str, ...]
     input_shape: tuple[int, ...]
     selection: SelectionSettings

@@ -40,7 +40,12 @@ from mycroft.config_base import (
     require_files,
     shown,
 )
-from trainer_node.selection_names import check_methods, check_rank_method, parse_params
+from trainer_node.selection_names import (
+    check_methods,
+    check_modes,
+    check_rank_method,
+    parse_params,
+)
 
 SelectionMode = Literal["embedded", "raw"]
 TrainingMode = Literal["finetune", "retrain", "both"]
@@ -229,6 +234,8 @@ class SelectionSettings(ConfigModel):
     methods: Names = ("feature", "random")
     budgets: Budgets = (16,)
     mode: SelectionMode = "embedded"
+    # A method that needs another form of D_hard than `mode` (binning reads raw rows), by name
+    mode_by_method: dict[Str, SelectionMode] = Field(default_factory=dict)
     seed: Int = Field(0, ge=0)
     rank_by: RankBy | None = None  # None: the first listed non-full method, first budget
     params: dict[Str, Any] = Field(default_factory=dict)  # method -> {param: value}
@@ -250,8 +257,27 @@ class SelectionSettings(ConfigModel):
         methods = info.data.get("methods")  # absent when `methods` itself was refused
         return params if methods is None else parse_params(params, methods)
 
+    @field_validator("mode_by_method")
+    @classmethod
+    def _listed(cls, modes: dict[str, str], info: ValidationInfo) -> dict[str, str]:
+        methods = info.data.get("methods")
+        for name in modes if methods is not None else ():
+            if name not in methods:
+                raise FieldProblem(name, f"not in selection.methods ({', '.join(methods)})")
+        return modes
+
+    def mode_for(self, method: str) -> str:
+        """The form of D_hard `method` is sent."""
+        return self.mode_by_method.get(method, self.mode)
+
+    @property
+    def modes(self) -> tuple[str, ...]:
+        """Every form of D_hard this run sends, `mode` first."""
+        return tuple(dict.fromkeys([self.mode, *(self.mode_for(m) for m in self.methods)]))
+
     @model_validator(mode="after")
     def _rank_by(self) -> SelectionSettings:
+        check_modes([m for m in self.methods if m != FULL_METHOD], self.mode_for)
         if self.rank_by is not None:
             check_rank_method(self.rank_by.method, self.methods, FULL_METHOD)
             if self.rank_by.budget not in self.budgets:

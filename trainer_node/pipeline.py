@@ -139,7 +139,6 @@ def _rounds_plan(config: TrainerConfig, base: Baseline, data: TrainerData) -> Ro
         training=config.training,
         rounds=config.selection.rounds,
         seed=config.training.seeds[0],
-        mode=config.selection.mode,
     )
 
 
@@ -189,7 +188,10 @@ def run_trainer(
         run_id=run_id,
         model_bytes=model_bytes,
         model_sha256=sha,
-        hard=hard_payload(base.scoring_model, base.dhard.shared, config.selection.mode),
+        hard={
+            mode: hard_payload(base.scoring_model, base.dhard.shared, mode)
+            for mode in config.selection.modes
+        },
         class_names=names,
         input_shape=data.train.input_shape,
         selection=config.selection,

@@ -176,11 +176,11 @@ class RoundsPlan:
     training: TrainingSettings
     rounds: int
     seed: int  # the fine-tuning seed between rounds
-    mode: str  # selection.mode: the D_hard payload's form
 
-    def acquire(self, budget: int, ask: AskFn) -> RoundsResult:
+    def acquire(self, budget: int, ask: AskFn, mode: str) -> RoundsResult:
+        """`budget` rows in rounds; `mode` is the form of D_hard the method is sent."""
         return acquire_in_rounds(
-            self.base, self.data, self.training, budget, self.rounds, ask, self.seed, self.mode
+            self.base, self.data, self.training, budget, self.rounds, ask, self.seed, mode
         )
 
     @staticmethod

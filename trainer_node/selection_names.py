@@ -71,3 +71,21 @@ def parse_params(table: Mapping[str, Any], methods: Sequence[str]) -> dict[str, 
             raise FieldProblem((method, err.name), err.message) from None
         params[method] = {k: float(v) for k, v in values.items()}
     return params
+
+
+def check_modes(methods: Sequence[str], mode_for: Any) -> None:
+    """A method that reads raw D_hard rows (a strategy with `needs_features`, e.g. binning)
+    must be sent them: every such request would otherwise be refused by every owner and the
+    method drop out of the ranking. Sending raw rows shows owners the trainer's failures, so it
+    is the trainer's explicit choice, never a silent default."""
+    from selection.base import strategy_class
+
+    for method in methods:
+        if method in known_methods() and strategy_class(method).needs_features:
+            if mode_for(method) != "raw":
+                raise FieldProblem(
+                    "mode_by_method",
+                    f"{method} reads raw D_hard rows, which mode {mode_for(method)!r} does not "
+                    f'send; set mode_by_method = {{ {method} = "raw" }} (owners then see your '
+                    f"failure examples) or drop {method}",
+                )
