@@ -29,6 +29,7 @@ import torch
 
 from bench._report import write_section
 from bench.quality_core import BenchConfig, World, make_world
+from bench.quality_families import family_for_scenario
 from moe.model import MoEClassifier
 from moe.train import embed_numpy
 from mycroft.data.base import LabeledData
@@ -232,7 +233,10 @@ def main(argv: list[str] | None = None) -> int:
     if 1 not in args.rounds:
         ap.error("--rounds: must include 1 (the one-shot request the others are compared with)")
     torch.set_num_threads(args.threads)
-    cfg = BenchConfig(scenario=args.scenario, seeds=tuple(range(args.seeds)), threads=args.threads)
+    # the quality bench's world for this scenario (its family's stated owner sizes, the same
+    # cached baselines), so rounds = 1 here is the one-shot cell there
+    family = family_for_scenario(args.scenario)
+    cfg = family.config(seeds=tuple(range(args.seeds)), threads=args.threads)
     start = time.perf_counter()
     cells: list[RoundsCell] = []
     for seed in cfg.seeds:
