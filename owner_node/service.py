@@ -164,7 +164,7 @@ class OwnerServicer(pb_grpc.DataOwnerServicer):
                 return  # the client went away before anything was charged
             log.info(
                 "select trainer=%s request=%s method=%s mode=%s rows=%d new=%d replayed=%s "
-                "left=%d queries_left=%d took=%.3fs timings=%s",
+                "left=%d queries_left=%d took=%.3fs fallback_rows=%d timings=%s",
                 caller.trainer_id,
                 rid,
                 job.method,
@@ -175,6 +175,9 @@ class OwnerServicer(pb_grpc.DataOwnerServicer):
                 charge.budget.left,
                 charge.budget.queries_left,
                 time.perf_counter() - started,
+                # rows a strategy's fallback rule added (gradient OMP stopping early): the
+                # owner's to see, never sent (answers carry only the total time)
+                result.fallback_rows if result is not None else 0,
                 _rounded(result.timings) if result is not None else {},
             )
             # A client that stops reading would hold this thread: cancelled when stalled.
