@@ -25,6 +25,7 @@ ABLATIONS: dict[str, tuple[dict, tuple[str, ...]]] = {
     "no oversampling": ({"oversample_to": 0}, METHODS),
     "equal per-class budget split": ({"class_split": "equal"}, METHODS),
     "funcfeat: psi in the pick": ({"funcfeat_psi_in_pick": True}, ("funcfeat",)),
+    "every failure sent (no systematic cut)": ({"dhard_neighbours": 0}, METHODS),
 }
 
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from bench.quality_train import GUIDED, ORACLE
 from mycroft.scenario import Scenario, load_scenario
-from trainer_node.config import ModelSettings, TrainingSettings
+from trainer_node.config import DHardSettings, ModelSettings, TrainingSettings
 
 METHODS = ("random", "feature", "gradient", "funcfeat")
 # A bench-only reference, not a strategy: B rows drawn uniformly from all of the owner's rows,
@@ -55,6 +55,10 @@ class BenchConfig:
     class_split: str = "dhard"
     threads: int = 1
     test_size: int | None = None
+    # D_hard's shared part cut to systematic failures (trainer_node.dhard.systematic), with the
+    # trainer's defaults; dhard_neighbours = 0 sends every failure (the ablation)
+    dhard_neighbours: int = DHardSettings().neighbours
+    dhard_min_error: float = DHardSettings().min_neighbour_error
 
     def spec(self) -> Scenario:
         """The scenario file with this config's owner-size and test-size overrides."""

@@ -37,7 +37,7 @@ from moe.train import embed_numpy, evaluate
 from mycroft.scenario import ScenarioData, build
 from selection import Candidates, HardSet, Head, get_strategy
 from trainer_node.baseline import Baseline, TrainerData, hard_payload
-from trainer_node.dhard import build_dhard
+from trainer_node.dhard import build_dhard, systematic
 from trainer_node.evaluate import versus_control
 
 
@@ -120,6 +120,7 @@ def make_world(cfg: BenchConfig, seed: int, log=print) -> World:
     model, early, seconds, cached = cached_baseline(cfg, data, seed, log)
     run = scen.scenario.run
     dhard = build_dhard(model, data.val, list(scen.dhard_classes), run.shared_fraction, seed)
+    dhard = systematic(model, data.val, dhard, cfg.dhard_neighbours, cfg.dhard_min_error)
     if len(dhard.shared) == 0 or len(dhard.eval) == 0:
         raise RuntimeError(
             f"seed {seed}: D_hard too small ({len(dhard.shared)}, {len(dhard.eval)})"

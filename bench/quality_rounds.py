@@ -8,7 +8,7 @@ mode: D_hard embeddings + last-layer gradients; rows already held are left out o
 as the owner does with `exclude_row_ids`). The union is then fine-tuned on and measured against
 trainer_node's control exactly as a one-shot subset: R = 1 *is* the one-shot request. Reported:
 the D_hard-eval gain per R and the paired difference R minus 1 over seeds, with a 95% t-interval
-(trainer_node.ranking.gain_stats).
+(trainer_node.ranking.mean_interval).
 
 Usage: .venv/bin/python -m bench.quality_rounds [--scenario NAME] [--seeds N] [--owners A,B]
   [--methods feature,gradient] [--budgets 32,128] [--rounds 1,2,4] [--no-write]
@@ -36,7 +36,7 @@ from mycroft.data.base import LabeledData
 from mycroft.messages import EmbeddedHard, RawHard
 from selection import Candidates, HardSet, Head, get_strategy
 from trainer_node.evaluate import Controls, train_and_measure, versus_control
-from trainer_node.ranking import gain_stats
+from trainer_node.ranking import mean_interval
 from trainer_node.rounds import acquire_in_rounds
 
 NAME = "quality_rounds"
@@ -114,6 +114,8 @@ def run_cell(
         rounds,
         local_ask(world, owner, method),
         seed=world.seed,
+        neighbours=cfg.dhard_neighbours,
+        min_error=cfg.dhard_min_error,
     )
     union = LabeledData(
         got.features, got.labels, world.data.class_names, got.row_ids, f"{owner}-{method}-r{rounds}"
@@ -147,7 +149,7 @@ def run_cell(
 
 
 def _stat(values: list[float]) -> dict[str, Any]:
-    s = gain_stats(values)
+    s = mean_interval(values)
     return {"mean": s.mean, "ci95": list(s.ci95) if s.ci95 else None, "n": s.n}
 
 

@@ -11,7 +11,8 @@ from helpers_moe import digits, tiny_config
 from moe.model import build_model
 from moe.train import TrainConfig, predict, train
 from mycroft.data.base import LabeledData
-from trainer_node.dhard import build_dhard
+from trainer_node import dhard as dhard_mod
+from trainer_node.dhard import build_dhard, systematic
 
 
 @pytest.fixture(scope="module")
@@ -76,3 +77,36 @@ def test_fraction_and_bad_arguments(setup) -> None:
         build_dhard(m, val, shared_fraction=1.0)
     empty = build_dhard(m, val, classes=[], seed=0)
     assert len(empty.shared) == 0 and len(empty.eval) == 0
+
+
+def test_only_systematic_failures_are_shared(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A region where the model fails on everything (a sub-population it never saw) keeps its
+    failures; mistakes scattered among correct rows are not sent; the held-out part is kept."""
+    rng = np.random.default_rng(0)
+    n = 200
+    region = np.zeros(n, dtype=bool)
+    region[:40] = True  # 40 rows near one point, all misclassified
+    emb = rng.normal(0, 1, (n, 8)).astype(np.float32)
+    emb[region] = rng.normal(0, 0.05, (40, 8)) + 5.0
+    labels = rng.integers(0, 3, n)
+    pred = labels.copy()
+    pred[region] = (labels[region] + 1) % 3
+    scattered = rng.choice(np.flatnonzero(~region), 20, replace=False)
+    pred[scattered] = (labels[scattered] + 1) % 3
+    val = LabeledData(emb, labels, ("a", "b", "c"), np.arange(n) * 10 + 7, "val")
+    monkeypatch.setattr(dhard_mod, "predict", lambda model, x, *a: pred[_rows(x, emb)])
+    monkeypatch.setattr(dhard_mod, "embed_numpy", lambda model, x, *a: x.copy())
+    whole = build_dhard(None, val, None, 0.5, seed=0)
+    cut = systematic(None, val, whole, neighbours=10, min_error=0.5)
+    shared_pos = (cut.shared.row_ids - 7) // 10
+    assert set(shared_pos) <= set(np.flatnonzero(region))  # no scattered mistake is sent
+    assert len(cut.shared) == int(region[(whole.shared.row_ids - 7) // 10].sum())
+    assert cut.shared_failures == len(whole.shared) and cut.eval is whole.eval
+    # 0 neighbours (or nothing systematic) sends every failure
+    assert systematic(None, val, whole, neighbours=0, min_error=0.5) is whole
+    assert systematic(None, val, whole, neighbours=10, min_error=1.01) is whole
+
+
+def _rows(x: np.ndarray, emb: np.ndarray) -> np.ndarray:
+    """Positions of `x`'s rows in `emb` (the stub model predicts by position)."""
+    return np.array([int(np.flatnonzero((emb == r).all(axis=1))[0]) for r in x])

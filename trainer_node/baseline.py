@@ -22,7 +22,7 @@ from mycroft.errors import ConfigError, DataError, MycroftError
 from mycroft.messages import EmbeddedHard, RawHard
 from trainer_node.acquire import ProgressEvent, ProgressFn
 from trainer_node.config import DataConfig, ModelSettings, TrainerConfig, TrainingSettings
-from trainer_node.dhard import DHard, build_dhard
+from trainer_node.dhard import DHard, build_dhard, systematic
 
 
 @dataclass(frozen=True)
@@ -227,6 +227,7 @@ def train_baseline(
         shared_fraction=cfg.dhard.shared_fraction,
         seed=cfg.dhard.seed,
     )
+    dhard = systematic(model, data.val, dhard, cfg.dhard.neighbours, cfg.dhard.min_neighbour_error)
     if len(dhard.shared) == 0 or len(dhard.eval) == 0:
         raise MycroftError(
             f"D_hard is too small to go on (shared {len(dhard.shared)}, eval {len(dhard.eval)}): "

@@ -220,6 +220,10 @@ class DHardSettings(ConfigModel):
     classes: Names | None = None  # None: every class the model gets wrong
     shared_fraction: Float = Field(0.5, gt=0.0, lt=1.0)
     seed: Int = Field(0, ge=0)
+    # Owners get only systematic failures: those whose `neighbours` nearest validation rows
+    # are failures in a share >= min_neighbour_error (trainer_node.dhard.systematic); 0 = all.
+    neighbours: Int = Field(20, ge=0, le=1000)
+    min_neighbour_error: Float = Field(0.5, ge=0.0, le=1.0)
 
 
 class RankBy(ConfigModel):

@@ -89,8 +89,14 @@ def _header(r: dict[str, Any]) -> str:
         ("D_hard classes", ", ".join(r["dhard"]["classes"]) or "none"),
         (
             "D_hard rows",
-            f"{r['dhard']['shared_total']} shared, {r['dhard']['eval_total']} "
-            "held out for evaluation",
+            f"{r['dhard']['shared_total']} shared"
+            + (
+                f" (the systematic ones of {r['dhard']['shared_failures']} failures: most of "
+                "their nearest validation rows fail too)"
+                if r["dhard"].get("shared_failures")
+                else ""
+            )
+            + f", {r['dhard']['eval_total']} held out for evaluation",
         ),
         (
             "baseline",

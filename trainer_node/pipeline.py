@@ -100,6 +100,7 @@ def _dhard_summary(base: Baseline, class_names: tuple[str, ...]) -> DHardSummary
         shared_total=len(shared),
         eval_total=len(held),
         per_class=per_class,
+        shared_failures=base.dhard.shared_failures,
     )
 
 
@@ -139,6 +140,7 @@ def _rounds_plan(config: TrainerConfig, base: Baseline, data: TrainerData) -> Ro
         training=config.training,
         rounds=config.selection.rounds,
         seed=config.training.seeds[0],
+        dhard=config.dhard,
     )
 
 

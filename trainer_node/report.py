@@ -103,6 +103,8 @@ class DHardSummary:
     shared_total: int
     eval_total: int
     per_class: list[DHardClass]
+    # the shared part's failures before the cut to systematic ones (None: no cut was made)
+    shared_failures: int | None = None
 
 
 @dataclass

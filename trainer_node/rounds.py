@@ -29,7 +29,8 @@ from moe.train import predict
 from mycroft.data.base import LabeledData
 from mycroft.messages import EmbeddedHard, RawHard
 from trainer_node.baseline import Baseline, TrainerData, hard_payload
-from trainer_node.config import TrainingSettings
+from trainer_node.config import DHardSettings, TrainingSettings
+from trainer_node.dhard import neighbourhood_error
 from trainer_node.evaluate import trained_model
 
 log = logging.getLogger("mycroft.trainer.rounds")
@@ -82,15 +83,25 @@ class RoundsResult:
 
 
 def remaining_failures(
-    model: MoEClassifier, val: LabeledData, held_out: LabeledData, classes: list[int]
+    model: MoEClassifier,
+    val: LabeledData,
+    held_out: LabeledData,
+    classes: list[int],
+    neighbours: int = 0,
+    min_error: float = 0.0,
 ) -> LabeledData:
     """`model`'s mistakes on the rows of `val` outside `held_out` (D_hard-eval), among the
-    D_hard classes: the next round's D_hard-shared."""
+    D_hard classes, cut to the systematic ones as the first D_hard was (dhard.systematic with
+    `neighbours`, `min_error`): the next round's D_hard-shared."""
     pool = val.subset(np.flatnonzero(~np.isin(val.row_ids, held_out.row_ids)))
     if len(pool) == 0:
         return pool
     wrong = (predict(model, pool.features) != pool.labels) & np.isin(pool.labels, classes)
-    return pool.subset(np.flatnonzero(wrong), "dhard-shared")
+    failures = pool.subset(np.flatnonzero(wrong), "dhard-shared")
+    if neighbours == 0 or len(failures) == 0:
+        return failures
+    keep = np.flatnonzero(neighbourhood_error(model, val, failures, neighbours) >= min_error)
+    return failures.subset(keep, "dhard-shared") if len(keep) else failures
 
 
 def _union(data: TrainerData, result: RoundsResult) -> LabeledData:
@@ -124,6 +135,8 @@ def acquire_in_rounds(
     seed: int,
     mode: str = "embedded",
     on_round: Callable[[str], None] | None = None,
+    neighbours: int = 0,
+    min_error: float = 0.0,
 ) -> RoundsResult:
     """Spend `budget` rows in `rounds` calls of `ask`; `mode` is the D_hard payload's
     ("embedded" or "raw", as selection.mode). Stops early when a request fails, when the owner
@@ -141,7 +154,9 @@ def acquire_in_rounds(
         t = time.perf_counter()
         if i > 0:
             model = trained_model(base, data, _union(data, result), "finetune", seed, settings)
-            shared = remaining_failures(model, data.val, base.dhard.eval, base.dhard.classes)
+            shared = remaining_failures(
+                model, data.val, base.dhard.eval, base.dhard.classes, neighbours, min_error
+            )
             if len(shared) == 0:
                 result.stopped = (
                     f"stopped before round {i + 1} of {len(plan)}: the model fine-tuned on "
@@ -176,11 +191,21 @@ class RoundsPlan:
     training: TrainingSettings
     rounds: int
     seed: int  # the fine-tuning seed between rounds
+    dhard: DHardSettings  # how each round's D_hard is cut to systematic failures
 
     def acquire(self, budget: int, ask: AskFn, mode: str) -> RoundsResult:
         """`budget` rows in rounds; `mode` is the form of D_hard the method is sent."""
         return acquire_in_rounds(
-            self.base, self.data, self.training, budget, self.rounds, ask, self.seed, mode
+            self.base,
+            self.data,
+            self.training,
+            budget,
+            self.rounds,
+            ask,
+            self.seed,
+            mode,
+            neighbours=self.dhard.neighbours,
+            min_error=self.dhard.min_neighbour_error,
         )
 
     @staticmethod
