@@ -7,19 +7,18 @@ owner's true utility on sub-population scenarios (`guided`, `oracle`).
 
 from __future__ import annotations
 
-import copy
 import time
 from dataclasses import dataclass
 
 import numpy as np
 
-from moe.train import evaluate, finetune, predict
+from moe.train import evaluate, predict
 from mycroft.data.base import LabeledData
 from mycroft.scenario import ScenarioData
 from selection import Candidates, HardSet
-from trainer_node.baseline import Baseline, TrainerData, train_config
+from trainer_node.baseline import Baseline, TrainerData
 from trainer_node.config import TrainingSettings
-from trainer_node.evaluate import Controls, TrainedEval, oversampled
+from trainer_node.evaluate import Controls, TrainedEval, trained_model
 
 # Full information with D_hard-guided sampling: all of the owner's rows, as many draws as rows
 # (full information's steps), each row drawn with a weight from its similarity to D_hard.
@@ -70,17 +69,10 @@ def measure(
     settings: TrainingSettings,
     slices: SubpopSlice,
 ) -> SliceEval:
-    """trainer_node.evaluate.train_and_measure's finetune branch (same calls, same numbers),
+    """trainer_node.evaluate.train_and_measure's finetune branch (the same trained_model),
     keeping the model to measure the test slices too."""
     start = time.perf_counter()
-    model = copy.deepcopy(base.model)
-    finetune(
-        model,
-        oversampled(extra, settings.oversample_to),
-        data.train,
-        train_config(settings, seed, finetune=True),
-        replay_fraction=settings.replay_fraction,
-    )
+    model = trained_model(base, data, extra, "finetune", seed, settings)
     seconds = time.perf_counter() - start
     test = evaluate(model, data.test)
     sub, rest = slices.of(model, test.accuracy)
