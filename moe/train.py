@@ -20,6 +20,9 @@ import torch
 import torch.nn.functional as F
 
 from moe.config import TrainConfig
+
+# embed_numpy and predict live in moe.inference; importable from here as before.
+from moe.inference import auto_threads, batches, embed_numpy, inference, predict  # noqa: F401
 from moe.model import MoEClassifier
 from mycroft.data.base import LabeledData
 
@@ -74,18 +77,6 @@ def fit_normalization(data: LabeledData) -> tuple[np.ndarray, np.ndarray]:
     std = x.std(axis=axes)
     std = np.where(std < 1e-6, 1.0, std)  # constant features: leave them unscaled
     return mean.astype(np.float32), std.astype(np.float32)
-
-
-def auto_threads(model: MoEClassifier) -> int:
-    """Intra-op threads for training and inference: 1.
-
-    Batches here are small (128 rows, <1M-parameter models), so a second intra-op thread adds
-    little, and on a shared 2-core box it collapses: measured on Fashion-MNIST with others
-    using the CPU, 1 thread trained at ~3500 samples/s and 2 threads at ~450 samples/s.
-    Set TrainConfig.num_threads to override for training.
-    """
-    del model  # kept in the signature so the policy can depend on model size later
-    return 1
 
 
 @contextlib.contextmanager
@@ -245,55 +236,26 @@ def finetune(
     return _loop(model, [new, old], epoch_index, cfg, progress)
 
 
-def _batches(features: np.ndarray, batch_size: int) -> Iterator[torch.Tensor]:
-    x = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32))
-    for b in range(0, len(x), batch_size):
-        yield x[b : b + batch_size]
-
-
-@contextlib.contextmanager
-def _inference(model: MoEClassifier) -> Iterator[None]:
-    was_training = model.training
-    prev_threads = torch.get_num_threads()
-    torch.set_num_threads(auto_threads(model))
-    model.eval()
-    try:
-        with torch.no_grad():
-            yield
-    finally:
-        model.train(was_training)
-        torch.set_num_threads(prev_threads)
-
-
-def predict(model: MoEClassifier, features: np.ndarray, batch_size: int = 512) -> np.ndarray:
-    """Predicted class indices (N,) int64."""
-    with _inference(model):
-        out = [model(x).argmax(dim=1) for x in _batches(features, batch_size)]
-    return torch.cat(out).numpy().astype(np.int64) if out else np.zeros(0, dtype=np.int64)
-
-
-def embed_numpy(model: MoEClassifier, features: np.ndarray, batch_size: int = 512) -> np.ndarray:
-    """Penultimate vectors (N, embed_dim) float32."""
-    with _inference(model):
-        out = [model.embed(x) for x in _batches(features, batch_size)]
-    if not out:
-        return np.zeros((0, model.config.embed_dim), dtype=np.float32)
-    return torch.cat(out).numpy().astype(np.float32)
-
-
-def evaluate(model: MoEClassifier, data: LabeledData, batch_size: int = 512) -> Metrics:
+def evaluate(
+    model: MoEClassifier,
+    data: LabeledData,
+    batch_size: int = 512,
+    *,
+    device: str | torch.device = "cpu",
+    threads: int | None = None,
+) -> Metrics:
     _check(model, data)
     e = model.config.effective_experts
     counts = torch.zeros(model.config.num_moe_layers, e, dtype=torch.long)
     loss_sum, preds = 0.0, []
     y_all = torch.from_numpy(np.ascontiguousarray(data.labels, dtype=np.int64))
-    with _inference(model):
-        for b, x in enumerate(_batches(data.features, batch_size)):
-            y = y_all[b * batch_size : b * batch_size + len(x)]
+    with inference(model, device, threads) as dev:
+        for b, x in enumerate(batches(data.features, batch_size, dev)):
+            y = y_all[b * batch_size : b * batch_size + len(x)].to(dev)
             logits = model(x)
             loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
-            counts += model.last_expert_counts
-            preds.append(logits.argmax(dim=1))
+            counts += model.last_expert_counts.cpu()
+            preds.append(logits.argmax(dim=1).cpu())
     pred = torch.cat(preds).numpy()
     labels = data.labels
     per_class = {
