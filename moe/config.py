@@ -193,3 +193,5 @@ class TrainConfig:
     label_smoothing: float = 0.0
     max_steps: int | None = None  # cap on optimiser steps (tests, quick runs)
     num_threads: int | None = None  # torch intra-op threads; None: auto_threads(model)
+    # "auto" | "cpu" | "cuda" | "cuda:N" (moe.device); the model trains there and comes back.
+    device: str = "cpu"

@@ -7,8 +7,10 @@ One place resolves the setting, so the trainer (baseline, fine-tunes, evaluation
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # config checks import this module and must not pull in torch
+    import torch
 
 DEVICE_CHOICES = "auto | cpu | cuda | cuda:N"
 _DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
@@ -27,6 +29,8 @@ def resolve_device(spec: str | torch.device = "auto") -> torch.device:
     A CUDA device that is not there is an error naming what is there, never a silent fallback:
     a run configured for a GPU that quietly trains on the CPU would take hours, not minutes.
     """
+    import torch
+
     if isinstance(spec, torch.device):
         return spec
     check_device(spec)
@@ -46,6 +50,8 @@ def resolve_device(spec: str | torch.device = "auto") -> torch.device:
 
 def describe(device: torch.device) -> str:
     """ "cpu" or "cuda:0 (NVIDIA H200)": what a report or log line says was used."""
+    import torch
+
     if device.type == "cuda":
         return f"{device} ({torch.cuda.get_device_name(device)})"
     return str(device)

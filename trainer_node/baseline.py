@@ -130,6 +130,7 @@ def train_config(settings: TrainingSettings, seed: int, finetune: bool = False) 
         batch_size=settings.batch_size,
         lr=(settings.finetune_lr or settings.lr) if finetune else settings.lr,
         seed=seed,
+        device=settings.device,
     )
     return _apply_extra(cfg, settings.extra, "training")
 

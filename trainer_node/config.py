@@ -25,6 +25,7 @@ from pydantic import (
     model_validator,
 )
 
+from moe.device import check_device
 from mycroft.addresses import DialAddress
 from mycroft.config_base import (
     ConfigModel,
@@ -198,6 +199,8 @@ class TrainingSettings(_PassThrough):
     lr: Float = Field(1e-3, ge=1e-8, le=10.0)
     seeds: Seeds = (0, 1, 2)
     mode: TrainingMode = "finetune"
+    # Where the baseline, fine-tunes and evaluation run: auto (a GPU when present) | cpu | cuda[:N]
+    device: Annotated[Str, AfterValidator(check_device)] = "auto"
     replay_fraction: Float = Field(0.5, ge=0.0, le=0.99)
     finetune_epochs: Int | None = Field(None, ge=1)  # None: same as `epochs`
     finetune_lr: Float | None = Field(None, ge=1e-8, le=10.0)  # None: same as `lr`
