@@ -10,15 +10,22 @@ model on a device they did not ask for.
 from __future__ import annotations
 
 import contextlib
+import copy
+import logging
+import warnings
 from collections.abc import Iterator
 
 import numpy as np
 import torch
+from torch import nn
 
 from moe.device import resolve_device
 from moe.model import MoEClassifier
 
+log = logging.getLogger("moe.inference")
 DEFAULT_THREADS = 1  # see auto_threads
+# Rows from which embed_numpy compiles a conv stem for the CPU (~0.1 s, see `_cpu_conv_view`).
+FAST_STEM_MIN_ROWS = 4096
 
 
 def auto_threads(model: MoEClassifier) -> int:
@@ -98,8 +105,36 @@ def embed_numpy(
     n, dim = len(features), model.config.embed_dim
     out = np.empty((n, dim), dtype=np.float32)  # filled in place: no list of batches to concat
     with inference(model, device, threads) as dev:
+        fast = _cpu_conv_view(model) if dev.type == "cpu" and n >= FAST_STEM_MIN_ROWS else model
         done = 0
         for x in batches(features, batch_size, dev):
-            out[done : done + len(x)] = model.embed(x).float().cpu().numpy()
+            out[done : done + len(x)] = fast.embed(x).float().cpu().numpy()
             done += len(x)
     return out
+
+
+def _cpu_conv_view(model: MoEClassifier) -> MoEClassifier:
+    """`model` with its conv stem frozen and optimised for CPU inference (oneDNN convolutions
+    with ReLU fused, weights pre-packed), or `model` itself when the stem has no convolution or
+    cannot be compiled. The rest of the model is shared, not copied.
+
+    The eager conv stem is ~90% of a Fashion-sized forward: ReLU and max-pool run as separate
+    passes over 28x28x16 maps in NCHW. Frozen, one thread embedded ~34k rows/s against ~5k
+    (batch 64-1024, 2-core machine); outputs agree to ~1e-7. The frozen copy holds the weights
+    as of now, so it is built per call, never cached (a model may train between calls)."""
+    stem = model.stem
+    if not any(isinstance(m, nn.Conv2d) for m in stem.modules()):
+        return model
+    try:
+        with warnings.catch_warnings():  # torch.jit is deprecated upstream, still the fastest here
+            warnings.simplefilter("ignore", DeprecationWarning)
+            scripted = torch.jit.script(copy.deepcopy(stem).eval())
+            frozen = torch.jit.optimize_for_inference(torch.jit.freeze(scripted))
+    except Exception as e:  # noqa: BLE001 - an optimisation: the eager stem is always right
+        log.info("conv stem not compiled for CPU inference (%s); using it as is", e)
+        return model
+    view = copy.copy(model)  # shares parameters and submodules; own module and buffer dicts,
+    view._modules = dict(model._modules)  # so swapping the stem leaves `model` untouched
+    view._buffers = dict(model._buffers)
+    view._modules["stem"] = frozen
+    return view

@@ -106,10 +106,13 @@ class MoEClassifier(nn.Module):
         self.register_buffer("norm_std", torch.ones(config.norm_size), persistent=False)
         if config.norm_mean is not None and config.norm_std is not None:
             self.set_normalization(np.asarray(config.norm_mean), np.asarray(config.norm_std))
-        self.last_aux_loss: torch.Tensor = torch.zeros(())
-        self.last_expert_counts: torch.Tensor = torch.zeros(
-            config.num_moe_layers, config.effective_experts, dtype=torch.long
-        )
+        # Non-persistent buffers, not plain attributes: they follow the model across .to(), so a
+        # value read before the first forward is on the model's device like the ones after it.
+        self.last_aux_loss: torch.Tensor
+        self.last_expert_counts: torch.Tensor
+        self.register_buffer("last_aux_loss", torch.zeros(()), persistent=False)
+        counts = torch.zeros(config.num_moe_layers, config.effective_experts, dtype=torch.long)
+        self.register_buffer("last_expert_counts", counts, persistent=False)
 
     def set_normalization(self, mean: np.ndarray, std: np.ndarray) -> None:
         """Store input normalisation in the config (so it is saved) and in the buffers."""
@@ -117,8 +120,11 @@ class MoEClassifier(nn.Module):
             norm_mean=np.asarray(mean).ravel(), norm_std=np.asarray(std).ravel()
         )
         with torch.no_grad():
-            self.norm_mean.copy_(torch.tensor(self.config.norm_mean))
-            self.norm_std.copy_(torch.tensor(self.config.norm_std))
+            for buffer, values in (
+                (self.norm_mean, self.config.norm_mean),
+                (self.norm_std, self.config.norm_std),
+            ):
+                buffer.copy_(torch.tensor(values, device=buffer.device))
 
     def _normalise(self, x: torch.Tensor) -> torch.Tensor:
         if tuple(x.shape[1:]) != self.config.input_shape:

@@ -19,15 +19,20 @@ from moe.gates.sinkhorn import sinkhorn
 
 
 def hungarian(scores: torch.Tensor) -> torch.Tensor:
-    """The permutation (as index vector perm, slot i -> perm[i]) maximising sum scores[i, perm[i]]."""
+    """The permutation (as index vector perm, slot i -> perm[i]) maximising sum scores[i, perm[i]].
+
+    Solved on the CPU (scipy); the result comes back on `scores`' device.
+    """
     rows, cols = linear_sum_assignment(scores.detach().cpu().double().numpy(), maximize=True)
     perm = np.empty(len(rows), dtype=np.int64)
     perm[rows] = cols
-    return torch.from_numpy(perm)
+    return torch.as_tensor(perm, device=scores.device)
 
 
 def is_permutation(perm: torch.Tensor, n: int) -> bool:
-    return perm.shape == (n,) and bool((perm.sort().values == torch.arange(n)).all())
+    return perm.shape == (n,) and bool(
+        (perm.sort().values == torch.arange(n, device=perm.device)).all()
+    )
 
 
 class ExpertPermutation(nn.Module):
@@ -55,12 +60,12 @@ class ExpertPermutation(nn.Module):
     def forward(self, combine: torch.Tensor) -> torch.Tensor:
         if bool(self.frozen) or not self.training:
             out = torch.zeros_like(combine)
-            return out.index_copy(1, self.current().to(combine.device), combine)
+            return out.index_copy(1, self.current(), combine)
         u = torch.rand_like(self.logits).clamp(1e-9, 1 - 1e-9)
         gumbel = -torch.log(-torch.log(u))
         soft = sinkhorn((self.logits + gumbel) / self.tau, iters=20)
         hard = torch.zeros_like(soft)
-        hard[torch.arange(self.n), hungarian(soft)] = 1.0
+        hard[torch.arange(self.n, device=soft.device), hungarian(soft)] = 1.0
         # Exactly `hard` in value (x - x == 0), the soft matrix's gradient in backward.
         p = hard + soft - soft.detach()
         self.step += 1

@@ -1,16 +1,21 @@
 """Training from scratch, continual fine-tuning with replay, evaluation and batched inference.
 
-Everything runs on CPU in the calling process (no DataLoader workers: the data is already an
-in-memory array, and worker processes would only fight the trainer for the two cores).
-Determinism: a seeded generator drives shuffling and replay sampling, the global torch RNG
-(Gumbel noise of the permutation search) is seeded inside a forked RNG state, and deterministic
-algorithms are switched on for the duration of the call.
+Everything runs in the calling process, on the device `TrainConfig.device` names (the CPU by
+default; no DataLoader workers: the data is already an in-memory array, and worker processes
+would only fight the trainer for the cores). The model is moved there for the call and back
+afterwards; each source's whole arrays are copied there once, not per batch.
+Determinism: a seeded CPU generator drives shuffling and replay sampling (so the rows each
+step sees do not depend on the device), the torch RNG of the training device (Gumbel noise of
+the permutation search) is seeded inside a forked RNG state, and deterministic algorithms are
+switched on for the duration of the call. On the CPU a seed gives bit-identical weights; on a
+GPU see `_deterministic`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
+import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -20,9 +25,17 @@ import torch
 import torch.nn.functional as F
 
 from moe.config import TrainConfig
+from moe.device import resolve_device
 
 # embed_numpy and predict live in moe.inference; importable from here as before.
-from moe.inference import auto_threads, batches, embed_numpy, inference, predict  # noqa: F401
+from moe.inference import (  # noqa: F401
+    auto_threads,
+    batches,
+    embed_numpy,
+    inference,
+    on_device,
+    predict,
+)
 from moe.model import MoEClassifier
 from mycroft.data.base import LabeledData
 
@@ -79,12 +92,29 @@ def fit_normalization(data: LabeledData) -> tuple[np.ndarray, np.ndarray]:
     return mean.astype(np.float32), std.astype(np.float32)
 
 
+# cuBLAS picks among reduction orders unless its workspace is fixed; this is the setting
+# torch's reproducibility notes name. It is read when cuBLAS first runs in the process.
+CUBLAS_WORKSPACE = ":4096:8"
+
+
 @contextlib.contextmanager
-def _deterministic(seed: int, threads: int | None) -> Iterator[None]:
+def _deterministic(
+    seed: int, threads: int | None, device: torch.device | None = None
+) -> Iterator[None]:
+    """Seeded RNGs (CPU, and `device`'s when it is a GPU), restored afterwards; deterministic
+    algorithms where torch has them (warn_only: an op without one warns, it does not fail).
+
+    On a GPU, set CUBLAS_WORKSPACE_CONFIG when the user has not, so matrix products reduce in a
+    fixed order; it takes effect only if cuBLAS has not run yet in this process.
+    """
     prev_det = torch.are_deterministic_algorithms_enabled()
     prev_warn = torch.is_deterministic_algorithms_warn_only_enabled()
     prev_threads = torch.get_num_threads()
-    with torch.random.fork_rng(devices=[]):
+    gpus: list[int] = []
+    if device is not None and device.type == "cuda":
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)
+        gpus = [torch.cuda.current_device() if device.index is None else device.index]
+    with torch.random.fork_rng(devices=gpus, device_type="cuda"):
         torch.manual_seed(seed)
         torch.use_deterministic_algorithms(True, warn_only=True)
         if threads:
@@ -104,10 +134,11 @@ def _lr_at(step: int, total: int, warmup: int, cfg: TrainConfig) -> float:
     return cfg.lr * (cfg.min_lr_fraction + (1 - cfg.min_lr_fraction) * cosine)
 
 
-def _tensors(data: LabeledData) -> tuple[torch.Tensor, torch.Tensor]:
+def _tensors(data: LabeledData, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """All of `data` on `device`, once (on the CPU a view of the arrays, no copy)."""
     x = torch.from_numpy(np.ascontiguousarray(data.features, dtype=np.float32))
     y = torch.from_numpy(np.ascontiguousarray(data.labels, dtype=np.int64))
-    return x, y
+    return x.to(device), y.to(device)
 
 
 def _check(model: MoEClassifier, data: LabeledData) -> None:
@@ -128,10 +159,29 @@ def _loop(
     cfg: TrainConfig,
     progress: Callable[[EpochStats], None] | None,
 ) -> TrainHistory:
-    """Shared optimisation loop. `epoch_index(gen)` gives, per source, the rows used this epoch."""
-    tensors = [_tensors(s) for s in sources]
+    """Shared optimisation loop. `epoch_index(gen)` gives, per source, the rows used this epoch.
+
+    The model trains on cfg.device and is back where it was when this returns (or raises).
+    """
+    device = resolve_device(cfg.device)
+    with on_device(model, device):
+        return _optimise(model, sources, epoch_index, cfg, progress, device)
+
+
+def _optimise(
+    model: MoEClassifier,
+    sources: list[LabeledData],
+    epoch_index: Callable[[torch.Generator], tuple[np.ndarray, ...]],
+    cfg: TrainConfig,
+    progress: Callable[[EpochStats], None] | None,
+    device: torch.device,
+) -> TrainHistory:
+    """_loop's body, with the model already on `device`."""
+    tensors = [_tensors(s, device) for s in sources]
     hist = TrainHistory()
-    with _deterministic(cfg.seed, cfg.num_threads or auto_threads(model)):
+    with _deterministic(cfg.seed, cfg.num_threads or auto_threads(model), device):
+        # Index draws stay on the CPU (explicitly: device= below), so the rows each step sees
+        # are the same on any device; only the finished index vectors travel.
         gen = torch.Generator().manual_seed(cfg.seed)
         per_epoch = math.ceil(sum(len(i) for i in epoch_index(gen)) / cfg.batch_size)
         gen.manual_seed(cfg.seed)  # the size probe must not shift the real epochs' draws
@@ -150,11 +200,14 @@ def _loop(
                 break
             # Rows of all sources, tagged by source, shuffled together.
             idx = epoch_index(gen)
-            tag = torch.cat([torch.full((len(i),), s) for s, i in enumerate(idx)])
-            row = torch.cat([torch.as_tensor(i, dtype=torch.long) for i in idx])
-            order = torch.randperm(len(row), generator=gen)
-            tag, row = tag[order], row[order]
-            loss_sum, n_seen = 0.0, 0
+            tag = torch.cat([torch.full((len(i),), s, device="cpu") for s, i in enumerate(idx)])
+            row = torch.cat([torch.as_tensor(i, dtype=torch.long, device="cpu") for i in idx])
+            order = torch.randperm(len(row), generator=gen, device="cpu")
+            tag, row = tag[order].to(device), row[order].to(device)
+            # Summed on the device in float64: the same IEEE operations as a Python float sum
+            # of float(ce) * n, without a GPU -> CPU sync every step.
+            loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+            n_seen = 0
             for b in range(0, len(row), cfg.batch_size):
                 if hist.steps >= total:
                     break
@@ -178,9 +231,9 @@ def _loop(
                 opt.step()
                 hist.steps += 1
                 hist.samples += len(y)
-                loss_sum += float(ce.detach()) * len(y)
+                loss_sum += ce.detach().double() * len(y)
                 n_seen += len(y)
-            hist.epoch_losses.append(loss_sum / max(1, n_seen))
+            hist.epoch_losses.append(float(loss_sum) / max(1, n_seen))
             if progress is not None:
                 progress(
                     EpochStats(epoch, cfg.epochs, hist.steps, total, hist.epoch_losses[-1], lr)
@@ -205,7 +258,11 @@ def train(
     if model.config.norm_mean is None:
         model.set_normalization(*fit_normalization(data))
     n = len(data)
-    return _loop(model, [data], lambda g: (torch.randperm(n, generator=g).numpy(),), cfg, progress)
+
+    def epoch_index(g: torch.Generator) -> tuple[np.ndarray, ...]:
+        return (torch.randperm(n, generator=g, device="cpu").numpy(),)
+
+    return _loop(model, [data], epoch_index, cfg, progress)
 
 
 def finetune(
@@ -230,7 +287,9 @@ def finetune(
     n_old = min(len(old), round(n_new * replay_fraction / (1 - replay_fraction)))
 
     def epoch_index(g: torch.Generator) -> tuple[np.ndarray, ...]:
-        replay = torch.randperm(len(old), generator=g)[:n_old] if n_old else torch.zeros(0)
+        if n_old == 0:
+            return np.arange(n_new), np.zeros(0, dtype=np.int64)
+        replay = torch.randperm(len(old), generator=g, device="cpu")[:n_old]
         return np.arange(n_new), replay.numpy().astype(np.int64)
 
     return _loop(model, [new, old], epoch_index, cfg, progress)
@@ -246,7 +305,7 @@ def evaluate(
 ) -> Metrics:
     _check(model, data)
     e = model.config.effective_experts
-    counts = torch.zeros(model.config.num_moe_layers, e, dtype=torch.long)
+    counts = torch.zeros(model.config.num_moe_layers, e, dtype=torch.long, device="cpu")
     loss_sum, preds = 0.0, []
     y_all = torch.from_numpy(np.ascontiguousarray(data.labels, dtype=np.int64))
     with inference(model, device, threads) as dev:

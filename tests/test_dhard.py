@@ -94,8 +94,8 @@ def test_only_systematic_failures_are_shared(monkeypatch: pytest.MonkeyPatch) ->
     scattered = rng.choice(np.flatnonzero(~region), 20, replace=False)
     pred[scattered] = (labels[scattered] + 1) % 3
     val = LabeledData(emb, labels, ("a", "b", "c"), np.arange(n) * 10 + 7, "val")
-    monkeypatch.setattr(dhard_mod, "predict", lambda model, x, *a: pred[_rows(x, emb)])
-    monkeypatch.setattr(dhard_mod, "embed_numpy", lambda model, x, *a: x.copy())
+    monkeypatch.setattr(dhard_mod, "predict", lambda model, x, *a, **kw: pred[_rows(x, emb)])
+    monkeypatch.setattr(dhard_mod, "embed_numpy", lambda model, x, *a, **kw: x.copy())
     whole = build_dhard(None, val, None, 0.5, seed=0)
     cut = systematic(None, val, whole, neighbours=10, min_error=0.5)
     shared_pos = (cut.shared.row_ids - 7) // 10

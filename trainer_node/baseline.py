@@ -165,8 +165,8 @@ def dhard_class_indices(cfg: TrainerConfig, class_names: tuple[str, ...]) -> lis
     return out
 
 
-def accuracy_on(model: MoEClassifier, data: LabeledData) -> float | None:
-    return evaluate(model, data).accuracy if len(data) else None
+def accuracy_on(model: MoEClassifier, data: LabeledData, device: str = "cpu") -> float | None:
+    return evaluate(model, data, device=device).accuracy if len(data) else None
 
 
 def train_with_checkpoint(
@@ -178,12 +178,15 @@ def train_with_checkpoint(
 ) -> MoEClassifier:
     """Train `model` in place; return a copy of its weights after `checkpoint_epoch` epochs of
     the same run, or `model` itself when no earlier checkpoint is asked for. An early
-    checkpoint picks more relevant rows than a converged one (METHOD.md §2)."""
+    checkpoint picks more relevant rows than a converged one (METHOD.md §2). Both are where
+    `model` was before training (training on cfg.device moves it there and back)."""
     early: list[MoEClassifier] = []
+    home = next(model.parameters()).device
 
     def keep(stats: EpochStats) -> None:
         if checkpoint_epoch is not None and stats.epoch + 1 == checkpoint_epoch:
-            early.append(copy.deepcopy(model).eval())
+            # Taken mid-training, so on the training device: the copy goes home now.
+            early.append(copy.deepcopy(model).to(home).eval())
         if on_epoch is not None:
             on_epoch(stats)
 
@@ -206,6 +209,7 @@ def train_baseline(
     cfg: TrainerConfig, data: TrainerData, progress: ProgressFn | None = None
 ) -> Baseline:
     """Train on the trainer's own rows with the first seed, evaluate, build D_hard."""
+    device = cfg.training.device
     mcfg = model_config(cfg.model, data)
     seed = cfg.training.seeds[0]
     model = build_model(mcfg, seed=seed)
@@ -227,8 +231,10 @@ def train_baseline(
         classes=dhard_class_indices(cfg, data.class_names),
         shared_fraction=cfg.dhard.shared_fraction,
         seed=cfg.dhard.seed,
+        device=device,
     )
-    dhard = systematic(model, data.val, dhard, cfg.dhard.neighbours, cfg.dhard.min_neighbour_error)
+    neighbours, min_error = cfg.dhard.neighbours, cfg.dhard.min_neighbour_error
+    dhard = systematic(model, data.val, dhard, neighbours, min_error, device=device)
     if len(dhard.shared) == 0 or len(dhard.eval) == 0:
         raise MycroftError(
             f"D_hard is too small to go on (shared {len(dhard.shared)}, eval {len(dhard.eval)}): "
@@ -238,19 +244,21 @@ def train_baseline(
     return Baseline(
         model=model,
         config=mcfg,
-        test=evaluate(model, data.test),
-        val=evaluate(model, data.val),
+        test=evaluate(model, data.test, device=device),
+        val=evaluate(model, data.val, device=device),
         dhard=dhard,
-        dhard_eval_accuracy=accuracy_on(model, dhard.eval),
+        dhard_eval_accuracy=accuracy_on(model, dhard.eval, device),
         train_seconds=seconds,
         epoch_losses=tuple(losses),
         scorer=scorer,
     )
 
 
-def hard_payload(model: MoEClassifier, shared: LabeledData, mode: str) -> RawHard | EmbeddedHard:
+def hard_payload(
+    model: MoEClassifier, shared: LabeledData, mode: str, device: str = "cpu"
+) -> RawHard | EmbeddedHard:
     """What the owners receive about D_hard-shared: raw rows, or (privacy-preserving) only
-    penultimate embeddings and closed-form last-layer gradients."""
+    penultimate embeddings (computed on `device`) and closed-form last-layer gradients."""
     labels = np.ascontiguousarray(shared.labels, dtype=np.int64)
     if mode == "raw":
         return RawHard(np.ascontiguousarray(shared.features, dtype=np.float32), labels)
@@ -258,7 +266,7 @@ def hard_payload(model: MoEClassifier, shared: LabeledData, mode: str) -> RawHar
     from selection.base import Head
     from selection.last_layer_grads import last_layer_gradients
 
-    emb = embed_numpy(model, shared.features, batch_size=512)
+    emb = embed_numpy(model, shared.features, batch_size=512, device=device)
     w, b = model.head_weights()
     grads = last_layer_gradients(emb, labels, Head(weight=w, bias=b))
     return EmbeddedHard(emb.astype(np.float32), grads.astype(np.float32), labels)

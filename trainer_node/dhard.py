@@ -29,6 +29,7 @@ def build_dhard(
     shared_fraction: float = 0.5,
     seed: int = 0,
     batch_size: int = 512,
+    device: str = "cpu",
 ) -> DHard:
     """Misclassified rows of `val` whose true label is in `classes` (default: all classes).
 
@@ -36,7 +37,7 @@ def build_dhard(
     of them, clamped to [1, n - 1], into `shared` and the rest into `eval`, so both parts see
     the class. A class with a single hard row sends it to `shared` if shared_fraction >= 0.5,
     else to `eval`. The split depends only on (val rows, predictions, classes, fraction, seed).
-    Rows keep their original order within each part.
+    Rows keep their original order within each part. The model predicts on `device`.
     """
     if not 0.0 < shared_fraction < 1.0:
         raise ValueError("shared_fraction must be in (0, 1)")
@@ -49,7 +50,7 @@ def build_dhard(
         empty = np.zeros(0, dtype=np.int64)
         return DHard(val.subset(empty, "dhard-shared"), val.subset(empty, "dhard-eval"), chosen)
 
-    pred = predict(model, val.features, batch_size)
+    pred = predict(model, val.features, batch_size, device=device)
     wrong = (pred != val.labels) & np.isin(val.labels, chosen)
     rng = np.random.default_rng(seed)
     shared_idx: list[np.ndarray] = []
@@ -75,12 +76,18 @@ def build_dhard(
 
 
 def neighbourhood_error(
-    model: MoEClassifier, val: LabeledData, rows: LabeledData, k: int, batch_size: int = 512
+    model: MoEClassifier,
+    val: LabeledData,
+    rows: LabeledData,
+    k: int,
+    batch_size: int = 512,
+    device: str = "cpu",
 ) -> np.ndarray:
     """For each row of `rows` (rows of `val`), the share of its `k` nearest other validation
-    rows (cosine, in the model's embedding) that the model gets wrong."""
-    wrong = predict(model, val.features, batch_size) != val.labels
-    emb = embed_numpy(model, val.features, batch_size)
+    rows (cosine, in the model's embedding) that the model gets wrong; the model runs on
+    `device`."""
+    wrong = predict(model, val.features, batch_size, device=device) != val.labels
+    emb = embed_numpy(model, val.features, batch_size, device=device)
     emb /= np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
     where = {int(r): i for i, r in enumerate(val.row_ids)}
     pos = np.array([where[int(r)] for r in rows.row_ids], dtype=np.int64)
@@ -96,7 +103,12 @@ def neighbourhood_error(
 
 
 def systematic(
-    model: MoEClassifier, val: LabeledData, dhard: DHard, neighbours: int, min_error: float
+    model: MoEClassifier,
+    val: LabeledData,
+    dhard: DHard,
+    neighbours: int,
+    min_error: float,
+    device: str = "cpu",
 ) -> DHard:
     """`dhard` with its shared part cut to systematic failures: rows whose `neighbours` nearest
     validation rows are failures too, in a share of at least `min_error`.
@@ -112,7 +124,8 @@ def systematic(
     shared = dhard.shared
     if neighbours == 0 or len(shared) == 0 or len(val) < 2:
         return dhard
-    keep = np.flatnonzero(neighbourhood_error(model, val, shared, neighbours) >= min_error)
+    errors = neighbourhood_error(model, val, shared, neighbours, device=device)
+    keep = np.flatnonzero(errors >= min_error)
     if len(keep) == 0:
         return dhard
     return DHard(shared.subset(keep, "dhard-shared"), dhard.eval, dhard.classes, len(shared))

@@ -89,18 +89,21 @@ def remaining_failures(
     classes: list[int],
     neighbours: int = 0,
     min_error: float = 0.0,
+    device: str = "cpu",
 ) -> LabeledData:
     """`model`'s mistakes on the rows of `val` outside `held_out` (D_hard-eval), among the
     D_hard classes, cut to the systematic ones as the first D_hard was (dhard.systematic with
-    `neighbours`, `min_error`): the next round's D_hard-shared."""
+    `neighbours`, `min_error`): the next round's D_hard-shared. The model runs on `device`."""
     pool = val.subset(np.flatnonzero(~np.isin(val.row_ids, held_out.row_ids)))
     if len(pool) == 0:
         return pool
-    wrong = (predict(model, pool.features) != pool.labels) & np.isin(pool.labels, classes)
+    pred = predict(model, pool.features, device=device)
+    wrong = (pred != pool.labels) & np.isin(pool.labels, classes)
     failures = pool.subset(np.flatnonzero(wrong), "dhard-shared")
     if neighbours == 0 or len(failures) == 0:
         return failures
-    keep = np.flatnonzero(neighbourhood_error(model, val, failures, neighbours) >= min_error)
+    errors = neighbourhood_error(model, val, failures, neighbours, device=device)
+    keep = np.flatnonzero(errors >= min_error)
     return failures.subset(keep, "dhard-shared") if len(keep) else failures
 
 
@@ -155,7 +158,13 @@ def acquire_in_rounds(
         if i > 0:
             model = trained_model(base, data, _union(data, result), "finetune", seed, settings)
             shared = remaining_failures(
-                model, data.val, base.dhard.eval, base.dhard.classes, neighbours, min_error
+                model,
+                data.val,
+                base.dhard.eval,
+                base.dhard.classes,
+                neighbours,
+                min_error,
+                device=settings.device,
             )
             if len(shared) == 0:
                 result.stopped = (
@@ -164,7 +173,8 @@ def acquire_in_rounds(
                 )
                 break
         wanted = sum(plan[: i + 1]) - len(result)  # this round's share + earlier shortfalls
-        rows = ask(model, hard_payload(model, shared, mode), wanted, result.row_ids.copy())
+        payload = hard_payload(model, shared, mode, device=settings.device)
+        rows = ask(model, payload, wanted, result.row_ids.copy())
         if rows is None:
             result.stopped = f"stopped at round {i + 1} of {len(plan)}: the request failed"
             break
