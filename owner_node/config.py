@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from pydantic import (
+    AfterValidator,
     ConfigDict,
     Field,
     PrivateAttr,
@@ -23,6 +24,7 @@ from pydantic import (
     model_validator,
 )
 
+from moe.device import check_device
 from mycroft import config_base
 from mycroft.config_base import Bool, ConfigModel, Distinct, FieldProblem, Float, Int, RelPath
 from mycroft.protocol import DEFAULT_MAX_REQUEST_BYTES, DEFAULT_MAX_REQUEST_ID_CHARS
@@ -183,7 +185,9 @@ class SelectionSection(ConfigModel):
     )
     allow_full: Bool = False  # "full" reveals everything: evaluation only
     hide_class_counts: Bool = False
-    embed_batch_size: Int = Field(256, ge=1, le=65536)  # rows per forward pass
+    # Rows per forward pass when the owner embeds rows ([compute] says where). 256-512 measured
+    # fastest on the CPU (larger batches fall out of cache); a GPU wants more (4096+).
+    embed_batch_size: Int = Field(256, ge=1, le=65536)
     # Memory for parsed models, the owner's rows embedded with them, and search indexes;
     # least recently used entries are evicted beyond it. At most 1 TiB.
     cache_mib: Int = Field(1024, ge=1, le=1024 * 1024)
@@ -210,6 +214,19 @@ class SelectionSection(ConfigModel):
         return self
 
 
+class ComputeSection(ConfigModel):
+    """`[compute]`: where the owner runs the trainer's model over rows (its own rows, embedded
+    once per model before the first selection, and raw D_hard rows)."""
+
+    # "auto": the first CUDA device when torch sees one, else the CPU. A named GPU the machine
+    # lacks stops the owner at start-up (owner_node.engine), never a silent CPU fallback.
+    device: Annotated[Text, AfterValidator(check_device)] = "auto"
+    # Intra-op CPU threads for those passes; 0: every core this process may use. Default 1:
+    # on a shared 2-core machine with other work running, Fashion-sized rows embedded at ~22k
+    # rows/s on 1 thread and ~3k on 2 (batch 256); give more on a machine of its own.
+    threads: Int = Field(1, ge=0, le=1024)
+
+
 class OwnerConfig(ConfigModel):
     # Declared in the order problems are reported: [budget] and [tls] before the trainers
     # that read them.
@@ -221,6 +238,7 @@ class OwnerConfig(ConfigModel):
     tls: TlsConfig | None = None
     trainers: tuple[TrainerGrant, ...] = ()
     selection: SelectionSection = SelectionSection()
+    compute: ComputeSection = ComputeSection()
     models: AdmissionPolicy = AdmissionPolicy()  # [models] admission
     _base_dir: Path | None = PrivateAttr(None)
 

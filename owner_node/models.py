@@ -22,6 +22,7 @@ import logging
 import os
 import re
 import tempfile
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -98,7 +99,11 @@ class ModelStore:
         disk_quota_per_trainer_bytes: int = 1024 * MiB,
         embed_batch_size: int = 256,
         admission: AdmissionPolicy | None = None,
+        device: str = "cpu",
+        threads: int = 1,
     ):
+        """`device` ("cpu", "cuda:0"; resolved by the caller) and `threads` (intra-op CPU
+        threads) are where and how the trainer's models run over rows."""
         self.dir = state_dir / "models"
         self.emb_dir = state_dir / "embeddings"
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -111,6 +116,11 @@ class ModelStore:
         self.max_bytes = max_bytes
         self.max_embed_dim = max_embed_dim
         self.embed_batch_size = embed_batch_size
+        self.device = device
+        self.threads = threads
+        # The last embedding pass over the owner's rows (seconds per step, rows/s, device):
+        # logged, and read by bench/scale_owner.py. None until one ran.
+        self.last_pass: dict[str, Any] | None = None
         # Keys hold only what changes the cached object: ("model", trainer, sha),
         # ("emb", trainer, sha, data fp), ("index", trainer, sha, method, cache key).
         self.cache: ByteLRU[tuple, Any] = ByteLRU(cache_bytes, on_evict=self._evicted)
@@ -227,12 +237,9 @@ class ModelStore:
                 log.warning("embedding cache %s has the wrong shape; recomputing", path.name)
             except (OSError, ValueError) as e:
                 log.warning("embedding cache %s unreadable (%s); recomputing", path.name, e)
-        from moe.train import embed_numpy
-
-        emb = np.asarray(
-            embed_numpy(loaded.model, self.data.features, batch_size=self.embed_batch_size),
-            dtype=np.float32,
-        )
+        started = time.perf_counter()
+        emb = self._run_model(loaded, self.data.features)
+        embed_seconds = time.perf_counter() - started
         if emb.shape != (n, d):
             raise ModelFileError(f"model embeds the owner's rows to {emb.shape}, expected {(n, d)}")
         bad = ~np.isfinite(emb).all(axis=1)
@@ -245,9 +252,15 @@ class ModelStore:
                 int(bad.sum()),
             )
             emb[bad] = 0.0
+        started = time.perf_counter()
+        self._write_cache(loaded, folder, path, emb)
+        self._record_pass(loaded, n, embed_seconds, time.perf_counter() - started)
+        return emb
+
+    def _write_cache(self, loaded: LoadedModel, folder: Path, path: Path, emb: np.ndarray) -> None:
         tkey, sha = trainer_key(loaded.trainer), loaded.sha256
         if not self.disk.reserve_embeddings(tkey, sha, path.name, emb.nbytes + _NPY_HEADER):
-            return emb  # no room (DiskQuota logs why) or the model was evicted: memory only
+            return  # no room (DiskQuota logs why) or the model was evicted: memory only
         size = None
         try:
             folder.mkdir(mode=0o700, exist_ok=True)
@@ -257,16 +270,40 @@ class ModelStore:
             log.warning("could not write embeddings %s: %s", path.name, e)
         finally:
             self.disk.embeddings_written(tkey, sha, path.name, size)
-        return emb
+
+    def _record_pass(self, loaded: LoadedModel, rows: int, embed: float, write: float) -> None:
+        self.last_pass = {
+            "rows": rows,
+            "device": self.device,
+            "threads": self.threads,
+            "batch_size": self.embed_batch_size,
+            "embed_seconds": embed,
+            "rows_per_second": rows / embed if embed > 0 else float("inf"),
+            "cache_write_seconds": write,
+        }
+        log.info(
+            "embedded %d rows with model %s on %s (%d threads, batch %d) in %.2fs "
+            "(%.0f rows/s); cache written in %.2fs",
+            *(rows, loaded.sha256[:12], self.device, self.threads, self.embed_batch_size),
+            *(embed, self.last_pass["rows_per_second"], write),
+            extra={"embedding_pass": self.last_pass},
+        )
+
+    def _run_model(self, loaded: LoadedModel, features: np.ndarray) -> np.ndarray:
+        """Embeddings of `features` (float32) on the configured device and threads."""
+        from moe.inference import embed_numpy
+
+        return embed_numpy(
+            loaded.model,
+            features,
+            batch_size=self.embed_batch_size,
+            device=self.device,
+            threads=self.threads,
+        )
 
     def embed(self, loaded: LoadedModel, features: np.ndarray) -> np.ndarray:
         """D_hard rows (raw mode) embedded with the model."""
-        from moe.train import embed_numpy
-
-        emb = np.asarray(
-            embed_numpy(loaded.model, features, batch_size=self.embed_batch_size),
-            dtype=np.float32,
-        )
+        emb = self._run_model(loaded, features)
         if not np.isfinite(emb).all():
             raise InvalidRequest("hard_set.raw.features", "the model embeds them to NaN/inf")
         return emb

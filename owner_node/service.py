@@ -179,6 +179,8 @@ class OwnerServicer(pb_grpc.DataOwnerServicer):
                 # owner's to see, never sent (answers carry only the total time)
                 result.fallback_rows if result is not None else 0,
                 _rounded(result.timings) if result is not None else {},
+                # structured, for bench/scale_owner.py's per-stage table
+                extra={"select_timings": dict(result.timings) if result is not None else {}},
             )
             # A client that stops reading would hold this thread: cancelled when stalled.
             with self.watchdog.watch(context, f"Select stream of {who!r}", self.idle) as watch:

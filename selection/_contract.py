@@ -22,9 +22,36 @@ def check_budget(budget: int) -> int:
     return int(budget)
 
 
+_FINITE_BLOCK = 1 << 20  # elements per isfinite pass: a bool temporary of 1 MiB, not of N·F
+
+
 def _finite(name: str, arr: np.ndarray | None) -> None:
-    if arr is not None and not np.all(np.isfinite(arr)):
-        raise ValueError(f"{name} contains NaN or infinite values")
+    """NaN/inf check in blocks of rows: on 1e6 raw rows (3 GB) one np.isfinite would allocate
+    a 784 MB mask; blocks keep it in cache, and never copy a strided array whole. Integer and
+    bool arrays are finite by type."""
+    if arr is None:
+        return
+    arr = np.asarray(arr)
+    if arr.dtype.kind in "biu":
+        return
+    if arr.ndim == 0:
+        arr = arr.reshape(1)
+    per_row = max(1, arr[:1].size)
+    step = max(1, _FINITE_BLOCK // per_row)
+    for lo in range(0, len(arr), step):
+        if not np.isfinite(arr[lo : lo + step]).all():
+            raise ValueError(f"{name} contains NaN or infinite values")
+
+
+def _distinct(ids: np.ndarray) -> bool:
+    """Whether `ids` holds no value twice. Owners' ids are usually ascending: one O(N) pass
+    says so without np.unique's sort (0.5 s of every Select at 1e6 rows); else sort once."""
+    if len(ids) < 2:
+        return True
+    if (ids[1:] > ids[:-1]).all():
+        return True
+    ordered = np.sort(ids, kind="stable")
+    return bool((ordered[1:] != ordered[:-1]).all())
 
 
 def _rows(name: str, arr: np.ndarray | None, n: int, what: str) -> None:
@@ -50,7 +77,7 @@ def validate(
     n, m = len(candidates.row_ids), len(hard.labels)
     if candidates.labels.shape != (n,):
         raise ValueError(f"candidates: {n} row_ids but labels of shape {candidates.labels.shape}")
-    if len(np.unique(candidates.row_ids)) != n:
+    if not _distinct(candidates.row_ids):
         raise ValueError("candidates.row_ids must be distinct")
     if hard.labels.ndim != 1:
         raise ValueError(f"hard.labels must be 1-D, got shape {hard.labels.shape}")

@@ -91,6 +91,12 @@ def _raw(**overrides):
         ({"selection": {"methods": ["full"]}}, "selection.methods[0]"),
         ({"selection": {"hide_class_counts": "yes"}}, "selection.hide_class_counts"),
         ({"tls": {"cert": "missing.crt", "key": "missing.key"}}, "tls.cert"),
+        ({"compute": {"device": "gpu"}}, "compute.device"),
+        ({"compute": {"device": "cuda:one"}}, "compute.device"),
+        ({"compute": {"device": 0}}, "compute.device"),
+        ({"compute": {"threads": -1}}, "compute.threads"),
+        ({"compute": {"threads": "all"}}, "compute.threads"),
+        ({"compute": {"cores": 2}}, "compute.cores"),
         ({"surprise": {}}, "surprise"),
     ],
 )

@@ -150,3 +150,65 @@ def test_allocate_properties(spec: list[tuple[int, int]], budget: int) -> None:
     got = allocate(weights, cap, budget)
     assert sum(got.values()) == min(budget, sum(cap.values()))
     assert all(0 <= got[i] <= cap[i] for i in got)
+
+
+# validate's fast paths (ascending ids skip the sort; NaN/inf checked block by block) must
+# refuse exactly what the plain checks refused.
+def _plain_candidates(ids: np.ndarray, emb: np.ndarray) -> Candidates:
+    return Candidates(row_ids=ids, labels=np.zeros(len(ids), np.int64), embeddings=emb)
+
+
+@pytest.mark.parametrize(
+    "ids",
+    [
+        np.array([0, 1, 2, 2, 3]),  # ascending but for one repeat
+        np.array([5, 3, 9, 3]),  # unsorted with a repeat
+        np.array([7, 7]),
+        np.array([1, 2, 3, 4, 1]),  # ascending run, then the first id again
+    ],
+)
+def test_repeated_row_ids_refused(ids: np.ndarray) -> None:
+    from selection._contract import validate
+
+    emb = np.zeros((len(ids), 2), np.float32)
+    hard = HardSet(labels=np.zeros(1, np.int64), embeddings=np.zeros((1, 2), np.float32))
+    with pytest.raises(ValueError, match="distinct"):
+        validate(_plain_candidates(ids.astype(np.int64), emb), hard, 1)
+
+
+@pytest.mark.parametrize("ids", [np.arange(5), np.array([9, 2, 7, 0]), np.array([3])])
+def test_distinct_row_ids_accepted(ids: np.ndarray) -> None:
+    from selection._contract import validate
+
+    emb = np.zeros((len(ids), 2), np.float32)
+    hard = HardSet(labels=np.zeros(1, np.int64), embeddings=np.zeros((1, 2), np.float32))
+    assert validate(_plain_candidates(ids.astype(np.int64), emb), hard, 3) == 3
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("where", [0, (1 << 20) - 1, 1 << 20, 3 * (1 << 20) + 5])
+def test_non_finite_value_refused_in_any_block(bad: float, where: int) -> None:
+    """One bad value anywhere (first element, block edges, the last partial block)."""
+    from selection._contract import validate
+
+    n, d = 3 * (1 << 20) // 8 + 1, 8  # just over three 2**20-element blocks
+    emb = np.zeros((n, d), np.float32)
+    emb.reshape(-1)[where] = bad
+    hard = HardSet(labels=np.zeros(1, np.int64), embeddings=np.zeros((1, d), np.float32))
+    with pytest.raises(ValueError, match="candidates.embeddings contains NaN"):
+        validate(_plain_candidates(np.arange(n, dtype=np.int64), emb), hard, 1)
+    emb.reshape(-1)[where] = 0.0
+    assert validate(_plain_candidates(np.arange(n, dtype=np.int64), emb), hard, 1) == 1
+
+
+def test_non_finite_features_refused_in_non_contiguous_arrays() -> None:
+    from selection._contract import validate
+
+    feats = np.zeros((6, 8), np.float32)[:, ::2]  # a strided view
+    feats[4, 3] = np.nan
+    cand = Candidates(
+        row_ids=np.arange(6, dtype=np.int64), labels=np.zeros(6, np.int64), features=feats
+    )
+    hard = HardSet(labels=np.zeros(1, np.int64), features=np.zeros((1, 4), np.float32))
+    with pytest.raises(ValueError, match="candidates.features contains NaN"):
+        validate(cand, hard, 1, needs_features=True)
