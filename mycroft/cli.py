@@ -113,7 +113,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=_trainer_run)
 
     sim = commands.add_parser(
-        "simulate", help="run owners as local processes and a trainer against them"
+        "simulate",
+        help="run owners as local processes (or Ray actors) and a trainer against them",
+        description="Run a scenario: its owners as local processes (--backend local) or as "
+        "actors on a Ray instance (--backend ray, which runs the trainer's evaluation as Ray "
+        "tasks on the same instance), and the trainer in this process against them.",
     )
     sim.add_argument("--scenario", default="demo", help="built-in scenario name or a TOML path")
     sim.add_argument("--out", help="run directory (default: runs/<scenario>-<time>)")
@@ -131,6 +135,34 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sim.add_argument("--tls", choices=["on", "off"], default="off", help="mutual TLS (default off)")
     sim.add_argument("--certs", help="directory from scripts/make_dev_certs.sh (with --tls on)")
+    sim.add_argument(
+        "--backend",
+        choices=["local", "ray"],
+        default="local",
+        help="owners as local processes, or as Ray actors with the evaluation as Ray tasks "
+        "(default local). On a multi-node Ray cluster the owners' data, state (ledgers) and "
+        "logs are read and written in the run directory (--out): it must be on a filesystem "
+        "every node shares, at the same path",
+    )
+    sim.add_argument(
+        "--ray-address",
+        metavar="ADDR",
+        help='with --backend ray: a running Ray cluster ("auto", host:port or '
+        "ray://host:port); default: start a local Ray instance in this process",
+    )
+    sim.add_argument(
+        "--ray-cpus",
+        type=int,
+        metavar="N",
+        help="with --backend ray: CPUs of the local Ray instance (default: this machine's)",
+    )
+    sim.add_argument(
+        "--ray-owner-cpus",
+        type=float,
+        metavar="CPUS",
+        help="with --backend ray: CPUs each owner actor reserves, a fraction up to 1 or a "
+        "whole number (default 1); the evaluation's tasks need CPUs beside them",
+    )
     sim.set_defaults(func=_simulate)
 
     report = commands.add_parser("report", help="re-render the HTML report of a run")

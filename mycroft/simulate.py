@@ -6,7 +6,9 @@ validates the trainer's config in memory; with `write_trainer` (--prepare-only, 
 uses) it writes trainer.toml too, for a trainer started on its own. `run_local` starts one
 `mycroft owner serve` process per owner on a loopback port, waits for each to report SERVING,
 runs the trainer in this process on the in-memory config, and stops the owners with SIGTERM.
-Nothing here is simulation-only: the processes are the production nodes.
+With `--backend ray` the owners are Ray actors instead (mycroft.ray_owners) and the trainer's
+evaluation runs as Ray tasks on the same instance. Nothing here is simulation-only: the
+processes are the production nodes.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -58,6 +62,9 @@ class SimulationPlan:
     # The drawn scenario: it knows which rows are needles or wrong-labelled, and the report
     # shows each request's share of them (a real trainer cannot know this).
     truth: ScenarioData | None = None
+    # The trainer's config as TOML-ready values: re-validated with the owners' real addresses
+    # when they are known only once the owners run (Ray actors on a cluster).
+    trainer_raw: dict[str, Any] = field(default_factory=dict)
 
 
 def _plain(value: Any) -> Any:
@@ -112,9 +119,11 @@ def prepare(
     certs: Path | None = None,
     state_root: Path | None = None,
     write_trainer: bool = True,
+    compute_backend: str | None = None,
 ) -> SimulationPlan:
     """Write every node's data and the owners' configs under `run_dir` (and trainer.toml when
-    `write_trainer`); validate the trainer's config; start nothing."""
+    `write_trainer`); validate the trainer's config; start nothing. `compute_backend` ("local"
+    or "ray") sets the trainer's [compute] backend; None leaves the trainer's default."""
     from mycroft.data import save_npz
     from trainer_node.config import parse_config
 
@@ -215,29 +224,60 @@ def prepare(
         },
         "owners": trainer_owners,
     }
+    if compute_backend is not None:
+        trainer["compute"] = {"backend": compute_backend}
     # What a trainer.toml holds, validated as the trainer validates its file.
     raw = _plain(trainer)
     trainer_path = run_dir / "trainer.toml" if write_trainer else None
     config = parse_config(raw, base_dir=run_dir, config_path=trainer_path)
     if trainer_path is not None:
         _write_private(trainer_path, tomli_w.dumps(raw))
-    return SimulationPlan(run_dir, config, trainer_path, plans, truth=data)
+    return SimulationPlan(run_dir, config, trainer_path, plans, truth=data, trainer_raw=raw)
 
 
-def _wait_serving(owner: OwnerPlan, proc: subprocess.Popen, log_path: Path, timeout: float) -> None:
-    from owner_node.config import load_config
-    from owner_node.health import probe_address, serving
+def trainer_with_addresses(plan: SimulationPlan, addresses: dict[str, str]) -> TrainerConfig:
+    """The plan's trainer config with each named owner dialled at its given address."""
+    from trainer_node.config import parse_config
 
-    address = probe_address(load_config(owner.config))  # read the config once, not per poll
+    raw = dict(plan.trainer_raw)
+    raw["owners"] = [
+        {**o, "address": addresses.get(o["name"], o["address"])} for o in raw["owners"]
+    ]
+    return parse_config(raw, base_dir=plan.run_dir, config_path=plan.trainer_config)
+
+
+def wait_serving(
+    name: str, address: str, timeout: float, gone: Callable[[], str | None] = lambda: None
+) -> None:
+    """Return once owner `name` answers SERVING on its health `address`; raise MycroftError
+    when `gone` says why it no longer can (e.g. its process exited), or after `timeout` s."""
+    from owner_node.health import serving
+
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            tail = log_path.read_text()[-2000:] if log_path.exists() else ""
-            raise MycroftError(f"owner {owner.name} exited with {proc.returncode}:\n{tail}")
+        reason = gone()
+        if reason is not None:
+            raise MycroftError(f"owner {name} {reason}")
         if serving(address, timeout=1.0):
             return
         time.sleep(0.3)
-    raise MycroftError(f"owner {owner.name} did not report SERVING within {timeout:.0f} s")
+    raise MycroftError(f"owner {name} did not report SERVING within {timeout:.0f} s")
+
+
+def _wait_process_serving(
+    owner: OwnerPlan, proc: subprocess.Popen, log_path: Path, timeout: float
+) -> None:
+    from owner_node.config import load_config
+    from owner_node.health import probe_address
+
+    def exited() -> str | None:
+        if proc.poll() is None:
+            return None
+        tail = log_path.read_text()[-2000:] if log_path.exists() else ""
+        return f"exited with {proc.returncode}:\n{tail}"
+
+    address = probe_address(load_config(owner.config))  # read the config once, not per poll
+    wait_serving(owner.name, address, timeout, exited)
 
 
 def _stop(procs: list[subprocess.Popen], grace: float = 15.0) -> None:
@@ -253,10 +293,9 @@ def _stop(procs: list[subprocess.Popen], grace: float = 15.0) -> None:
             proc.wait()
 
 
-def run_local(plan: SimulationPlan, *, startup_timeout: float = 120.0) -> int:
-    """Start the owners as processes, run the trainer, stop the owners. Returns an exit code."""
-    from trainer_node.pipeline import run_trainer_cli
-
+@contextmanager
+def process_owners(plan: SimulationPlan, startup_timeout: float = 120.0) -> Iterator[TrainerConfig]:
+    """Run the plan's owners as `mycroft owner serve` processes; yields the trainer's config."""
     logs = plan.run_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     procs: list[subprocess.Popen] = []
@@ -271,11 +310,19 @@ def run_local(plan: SimulationPlan, *, startup_timeout: float = 120.0) -> int:
                     )
                 )
         for owner, proc in zip(plan.owners, procs, strict=True):
-            _wait_serving(owner, proc, logs / f"{owner.name}.log", startup_timeout)
+            _wait_process_serving(owner, proc, logs / f"{owner.name}.log", startup_timeout)
             log.info("owner %s serving on %s (pid %d)", owner.name, owner.address, proc.pid)
-        status = run_trainer_cli(plan.trainer, truth=plan.truth)  # as `mycroft trainer run`
+        yield plan.trainer
     finally:
         _stop(procs)
+
+
+def run_simulation(plan: SimulationPlan, owners: AbstractContextManager[TrainerConfig]) -> int:
+    """Run the trainer against the owners `owners` runs; returns an exit code."""
+    from trainer_node.pipeline import run_trainer_cli
+
+    with owners as trainer:
+        status = run_trainer_cli(trainer, truth=plan.truth)  # as `mycroft trainer run`
     if status != 0:  # the trainer has said where this run's report is; report.json is older
         return status
     print(f"\nreport: {plan.run_dir / 'report.json'}")
@@ -285,7 +332,15 @@ def run_local(plan: SimulationPlan, *, startup_timeout: float = 120.0) -> int:
     return status
 
 
+def run_local(plan: SimulationPlan, *, startup_timeout: float = 120.0) -> int:
+    """Start the owners as processes, run the trainer, stop the owners. Returns an exit code."""
+    return run_simulation(plan, process_owners(plan, startup_timeout))
+
+
 def simulate_from_args(args: argparse.Namespace) -> int:
+    from mycroft.ray_owners import settings_from_args
+
+    ray_settings = settings_from_args(args)
     scenario = load_scenario(args.scenario)
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     run_dir = Path(args.out) if args.out else Path("runs") / f"{scenario.name}-{stamp}"
@@ -298,6 +353,8 @@ def simulate_from_args(args: argparse.Namespace) -> int:
         tls=tls,
         certs=Path(args.certs).resolve() if args.certs else None,
         write_trainer=args.prepare_only,  # a trainer started on its own (compose) reads it
+        # the evaluation runs on the Ray instance the owners run on
+        compute_backend=None if ray_settings is None else "ray",
     )
     if args.prepare_only:
         print(f"prepared {len(plan.owners)} owners and the trainer in {plan.run_dir}")
@@ -305,4 +362,8 @@ def simulate_from_args(args: argparse.Namespace) -> int:
     if args.hosts != "loopback":
         raise ConfigError("--hosts: only loopback can be run here; compose runs the containers")
     print(f"scenario {scenario.name}: {len(plan.owners)} owners, run dir {plan.run_dir}")
-    return run_local(plan)
+    if ray_settings is None:
+        return run_local(plan)
+    from mycroft.ray_owners import ray_owners
+
+    return run_simulation(plan, ray_owners(plan, ray_settings))

@@ -85,7 +85,7 @@ def test_simulate_on_a_terminal_draws_bars_with_counts(tmp_path: Path) -> None:
     assert code == 0, text[-4000:]
     # Tiny scenario: each owner answers 2 requests; 3 owners x 2 requests x 1 seed to evaluate.
     assert re.search(r"acquire relevant: .* 2 of 2", text)
-    assert re.search(r"evaluate: .* 6 of 6", text)
+    assert re.search(r"evaluate: .* 5 of 5", text)
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     # The simulation knows which rows it flipped: each request says what share it got of them
     # (none from the clean owners; no sub-population here). The noisy owner's flipped rows

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import re
 import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -26,7 +25,6 @@ from pydantic import (
 )
 
 from moe.device import check_device
-from mycroft.addresses import DialAddress
 from mycroft.config_base import (
     ConfigModel,
     Distinct,
@@ -34,12 +32,20 @@ from mycroft.config_base import (
     Float,
     Int,
     RelPath,
-    Secret,
     Str,
     load,
     parse,
     require_files,
     shown,
+)
+from trainer_node.compute import ComputeSettings
+
+# Re-exported: the owner-side sections used to live here.
+from trainer_node.config_owners import (  # noqa: F401
+    ClientSettings,
+    Name,
+    OwnerEndpoint,
+    TlsSettings,
 )
 from trainer_node.selection_names import (
     check_methods,
@@ -53,16 +59,6 @@ TrainingMode = Literal["finetune", "retrain", "both"]
 SELECTION_MODES: tuple[str, ...] = typing.get_args(SelectionMode)
 TRAINING_MODES: tuple[str, ...] = typing.get_args(TrainingMode)
 FULL_METHOD = "full"  # all of an owner's rows: the evaluation ceiling, never ranked as primary
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-
-
-def _name(value: str) -> str:
-    if not _NAME_RE.match(value):
-        raise ValueError(f"must be letters, digits, '.', '_', '-' (<= 64), got {shown(value)}")
-    return value
-
-
-Name = Annotated[Str, AfterValidator(_name)]
 NonEmptyStr = Annotated[Str, Field(min_length=1)]
 Names = Annotated[tuple[NonEmptyStr, ...], Field(min_length=1), Distinct]
 
@@ -300,58 +296,6 @@ class SelectionSettings(ConfigModel):
         return (ranked[0], self.budgets[0])
 
 
-class TlsSettings(ConfigModel):
-    ca_cert: RelPath | None = None
-    client_cert: RelPath | None = None
-    client_key: RelPath | None = None
-    server_name: Str | None = None  # overrides the name checked against the certificate
-
-    @model_validator(mode="after")
-    def _files(self) -> TlsSettings:
-        if (self.client_cert is None) != (self.client_key is None):
-            raise FieldProblem("client_key", "client_cert and client_key go together")
-        require_files(self, ("ca_cert", "client_cert", "client_key"))
-        return self
-
-
-class OwnerEndpoint(ConfigModel):
-    name: Name
-    address: DialAddress
-    token: Secret | None = Field(None, repr=False)  # never printed in logs, reprs or errors
-    tls: TlsSettings | None = None
-    deadline_seconds: Float = Field(60.0, ge=0.1, le=86400.0)
-    price: Float | None = Field(None, ge=0.0)  # per row revealed (report only); None: not given
-    token_env: Str | None = None  # the environment variable `token` was read from
-
-    @model_validator(mode="before")
-    @classmethod
-    def _token_from_env(cls, data: Any) -> Any:
-        env = data.get("token_env") if isinstance(data, dict) else None
-        if not isinstance(env, str):  # absent, or refused by the field's own type check
-            return data
-        if data.get("token") is not None:
-            raise FieldProblem("token", "give `token` or `token_env`, not both")
-        token = os.environ.get(env)
-        if not token:
-            raise FieldProblem("token_env", f"environment variable {env} is not set")
-        return {**data, "token": token}
-
-    @model_validator(mode="after")
-    def _printable_token(self) -> OwnerEndpoint:
-        # Sent as gRPC metadata: printable ASCII without spaces. Never echo the token itself.
-        if self.token is not None and not all("\x21" <= c <= "\x7e" for c in self.token):
-            key = "token" if self.token_env is None else "token_env"
-            raise FieldProblem(key, "the token must be printable ASCII without spaces (0x21-0x7E)")
-        return self
-
-
-class ClientSettings(ConfigModel):
-    retries: Int = Field(3, ge=0)
-    backoff: Float = Field(0.5, ge=0.0, le=60.0)  # first wait in seconds; doubles per attempt
-    backoff_max: Float = Field(10.0, ge=0.0, le=600.0)
-    concurrency: Int = Field(4, ge=1)
-
-
 class TrainerSection(ConfigModel):
     """The `[trainer]` table; its fields are read through `TrainerConfig.id` etc."""
 
@@ -377,6 +321,7 @@ class TrainerConfig(ConfigModel):
     selection: SelectionSettings = SelectionSettings()
     owners: tuple[OwnerEndpoint, ...] = Field(min_length=1)
     client: ClientSettings = ClientSettings()
+    compute: ComputeSettings = ComputeSettings()  # where the evaluation's training runs
     _config_path: Path | None = PrivateAttr(None)
 
     @model_validator(mode="after")
@@ -389,6 +334,10 @@ class TrainerConfig(ConfigModel):
         if score_epoch is not None and score_epoch > epochs:
             problem = f"{score_epoch} is after the last epoch (training.epochs = {epochs})"
             raise FieldProblem(("selection", "score_epoch"), problem)
+        compute, device = self.compute, self.training.device
+        if compute.backend == "ray" and device.startswith("cuda") and not compute.gpus_per_task:
+            problem = f"training.device is {device!r}: give each task a share of a GPU, e.g. 0.25"
+            raise FieldProblem(("compute", "gpus_per_task"), problem)
         self._config_path = (info.context or {}).get("config_path")
         return self
 

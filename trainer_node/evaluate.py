@@ -9,9 +9,12 @@ forgetting (or general improvement).
 from __future__ import annotations
 
 import copy
+import dataclasses
+import itertools
 import logging
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -20,9 +23,10 @@ from moe.train import Metrics, evaluate, finetune, train
 from mycroft.data.base import LabeledData
 from trainer_node.acquire import OwnerOutcome, ProgressEvent, ProgressFn, RequestOutcome
 from trainer_node.baseline import Baseline, TrainerData, train_config
+from trainer_node.compute import ComputeSettings, TaskFailure, run_tasks
 from trainer_node.config import TrainingSettings
 from trainer_node.messages import OwnerSubset
-from trainer_node.report import Routing, SeedResult
+from trainer_node.report import EvaluationFailure, Routing, SeedResult
 
 log = logging.getLogger("mycroft.trainer.evaluate")
 
@@ -94,12 +98,28 @@ def versus_control(trained: TrainedEval, control: TrainedEval) -> dict[str, floa
     }
 
 
+def control_key(mode: str, seed: int, rows: int, oversample_to: int) -> tuple[str, int, int]:
+    """The control run a cell of `rows` owner rows is compared with; cells sharing a key share
+    one run."""
+    if mode == "finetune":
+        return (mode, seed, max(rows, oversample_to))
+    return (mode, seed, 0)  # retraining on own data alone does not depend on the size
+
+
+def control_rows(own: LabeledData, seed: int, rows: int) -> LabeledData:
+    """The trainer's own rows a control trains on in place of an owner's `rows` rows:
+    distinct rows while the trainer has enough of them, like a subset of distinct rows."""
+    pick = np.random.default_rng([seed, rows]).choice(len(own), size=rows, replace=rows > len(own))
+    return own.subset(pick, name="control")
+
+
 class Controls:
     """Control runs, one per (mode, seed, rows): the same schedule on the trainer's own rows.
 
     Fine-tuning on k owner rows is compared with fine-tuning on k rows drawn from the trainer's
     own data (same seed, same replay, same steps); retraining on own + subset with retraining
     on own data alone. Cached, so owners and methods with equal subset sizes share one run.
+    (evaluate_owners plans the same runs as tasks; the benchmarks use this cache.)
     """
 
     def __init__(self, base: Baseline, data: TrainerData, settings: TrainingSettings):
@@ -111,20 +131,12 @@ class Controls:
         return self._key(mode, seed, rows) in self._runs
 
     def _key(self, mode: str, seed: int, rows: int) -> tuple[str, int, int]:
-        if mode == "finetune":
-            return (mode, seed, max(rows, self.settings.oversample_to))
-        return (mode, seed, 0)  # retraining on own data alone does not depend on the size
+        return control_key(mode, seed, rows, self.settings.oversample_to)
 
     def get(self, mode: str, seed: int, rows: int) -> TrainedEval:
         key = self._key(mode, seed, rows)
-        rows = key[2]
         if key not in self._runs:
-            own = self.data.train
-            # distinct rows while the trainer has enough of them, like a subset of distinct rows
-            pick = np.random.default_rng([seed, rows]).choice(
-                len(own), size=rows, replace=rows > len(own)
-            )
-            extra = own.subset(pick, name="control")
+            extra = control_rows(self.data.train, seed, key[2])
             self._runs[key] = train_and_measure(
                 self.base, self.data, extra, mode, seed, self.settings
             )
@@ -164,13 +176,16 @@ def train_and_measure(
     seed: int,
     settings: TrainingSettings,
 ) -> TrainedEval:
-    """One (subset, mode, seed) cell: train, then evaluate on D_hard-eval and the test set."""
+    """One (subset, mode, seed) cell: train, then evaluate on D_hard-eval and the test set.
+    A pure function of its inputs (seeded training, deterministic evaluation), so it gives the
+    same numbers in this process, a worker process or a Ray task."""
     start = time.perf_counter()
     model = trained_model(base, data, extra, mode, seed, settings)
     seconds = time.perf_counter() - start
+    device, threads = settings.device, train_config(settings, seed).num_threads
     return TrainedEval(
-        dhard_accuracy=evaluate(model, base.dhard.eval).accuracy,
-        test=evaluate(model, data.test),
+        dhard_accuracy=evaluate(model, base.dhard.eval, device=device, threads=threads).accuracy,
+        test=evaluate(model, data.test, device=device, threads=threads),
         train_seconds=seconds,
     )
 
@@ -211,45 +226,171 @@ def _class_name(index: int, class_names: tuple[str, ...]) -> str:
     return class_names[index] if 0 <= index < len(class_names) else f"#{index}"
 
 
+@dataclass(frozen=True)
+class TrainTask:
+    """One training run of the plan: a cell's (on an owner's rows) or a control's."""
+
+    mode: str
+    seed: int
+    extra: LabeledData | None  # the owner's rows; None: a control, drawn from own data
+    control_rows: int = 0  # a control's row count (its key's)
+    label: str = ""  # for progress and logs
+
+
+@dataclass(frozen=True)
+class EvalInputs:
+    """What every task shares: sent to each worker once (trainer_node.compute)."""
+
+    base: Baseline
+    data: TrainerData
+    settings: TrainingSettings
+
+
+def run_train_task(inputs: EvalInputs, task: TrainTask) -> TrainedEval:
+    """A task of the plan, wherever it runs."""
+    extra = task.extra
+    if extra is None:
+        extra = control_rows(inputs.data.train, task.seed, task.control_rows)
+    return train_and_measure(inputs.base, inputs.data, extra, task.mode, task.seed, inputs.settings)
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One (owner, request, mode, seed) of the report, and the tasks whose results it needs
+    (None for a request that returned no rows: nothing to train)."""
+
+    owner: str
+    request: RequestOutcome
+    mode: str
+    seed: int
+    trained: int | None
+    control: int | None
+
+
+def plan(
+    outcomes: list[OwnerOutcome], data: TrainerData, settings: TrainingSettings
+) -> tuple[list[Cell], list[TrainTask]]:
+    """Every cell in report order, and the distinct training runs they need (each control once),
+    in the order a serial run trains them."""
+    cells: list[Cell] = []
+    tasks: list[TrainTask] = []
+    controls: dict[tuple[str, int, int], int] = {}
+    for owner in outcomes:
+        name = owner.endpoint.name
+        requests = [r for r in owner.requests if r.subset is not None] if owner.ok else []
+        for req, mode, seed in itertools.product(requests, settings.modes, settings.seeds):
+            assert req.subset is not None
+            if not len(req.subset):
+                cells.append(Cell(name, req, mode, seed, None, None))
+                continue
+            extra = subset_data(req.subset, data.class_names, f"{name}-{req.method}-{req.budget}")
+            label = f"{name}: {req.method}@{req.budget} {mode} seed {seed}"
+            tasks.append(TrainTask(mode, seed, extra, label=label))
+            trained = len(tasks) - 1
+            key = control_key(mode, seed, len(req.subset), settings.oversample_to)
+            if key not in controls:
+                controls[key] = len(tasks)
+                rows = f"{key[2]} own rows" if key[2] else "own data alone"
+                label = f"control: {mode} seed {seed} on {rows}"
+                tasks.append(TrainTask(mode, seed, None, key[2], label))
+            cells.append(Cell(name, req, mode, seed, trained, controls[key]))
+    return cells, tasks
+
+
+@dataclass
+class Evaluation:
+    results: dict[str, list[SeedResult]]  # owner -> one per evaluated cell, in plan order
+    failures: dict[str, list[EvaluationFailure]]  # owner -> cells that could not be evaluated
+
+    @property
+    def failed_cells(self) -> int:
+        return sum(len(f) for f in self.failures.values())
+
+    def measured(self) -> dict[str, list[dict[str, Any]]]:
+        """The results without their training wall time: what must not depend on the backend
+        or worker count the tasks ran on."""
+        return {
+            owner: [
+                {k: v for k, v in dataclasses.asdict(r).items() if k != "train_seconds"} for r in rs
+            ]
+            for owner, rs in self.results.items()
+        }
+
+
+def _failure(cell: Cell, trained: object, control: object) -> EvaluationFailure | None:
+    if isinstance(trained, TaskFailure):
+        error = trained.describe()
+    elif isinstance(control, TaskFailure):
+        error = f"control run failed: {control.describe()}"
+    else:
+        return None
+    req = cell.request
+    return EvaluationFailure(req.method, req.budget, cell.mode, cell.seed, error)
+
+
 def evaluate_owners(
     outcomes: list[OwnerOutcome],
     base: Baseline,
     data: TrainerData,
     settings: TrainingSettings,
     progress: ProgressFn | None = None,
-) -> dict[str, list[SeedResult]]:
-    """Owner name -> one SeedResult per (successful request, training mode, seed)."""
-    cells = [
-        (o, req, mode, seed)
-        for o in outcomes
-        if o.ok
-        for req in o.requests
-        if req.subset is not None
-        for mode in settings.modes
-        for seed in settings.seeds
-    ]
-    results: dict[str, list[SeedResult]] = {o.endpoint.name: [] for o in outcomes}
-    controls = Controls(base, data, settings)
-    for i, (owner, req, mode, seed) in enumerate(cells):
-        name = owner.endpoint.name
+    compute: ComputeSettings | None = None,
+) -> Evaluation:
+    """Owner name -> one SeedResult per (successful request, training mode, seed), with the
+    cells whose training failed on every attempt listed instead. The training runs (cells and
+    their distinct controls) run as independent tasks on `compute` (default: one after another
+    in this process); results do not depend on where they ran."""
+    compute = compute or ComputeSettings()
+    if compute.backend == "ray" and not compute.gpus_per_task and settings.device != "cpu":
+        # Ray hides the GPUs from a task that asked for none: it would train on the CPU.
+        log.warning(
+            "training.device is %r but compute.gpus_per_task is 0: Ray tasks see no GPU",
+            settings.device,
+        )
+    cells, tasks = plan(outcomes, data, settings)
+    done = 0
+
+    def report(message: str) -> None:
+        # One count across all owners (owner None): "k of N" is the whole stage's.
         if progress is not None:
-            msg = f"{name}: {req.method}@{req.budget} {mode} seed {seed}"
-            # One count across all owners (owner None): "k of N" is the whole stage's.
-            progress(ProgressEvent("evaluate", msg, None, i, len(cells)))
-        assert req.subset is not None
-        trained = control = None
-        if len(req.subset):
-            extra = subset_data(req.subset, data.class_names, f"{name}-{req.method}-{req.budget}")
-            trained = train_and_measure(base, data, extra, mode, seed, settings)
-            control = controls.get(mode, seed, len(req.subset))
-        result = _seed_result(req, mode, seed, base, data.class_names, trained, control)
+            progress(ProgressEvent("evaluate", message, None, done, len(tasks)))
+
+    def finished(index: int, outcome: TrainedEval | TaskFailure) -> None:
+        nonlocal done
+        done += 1
+        failed = f" failed: {outcome.error}" if isinstance(outcome, TaskFailure) else ""
+        report(tasks[index].label + failed)
+
+    report(f"{len(tasks)} training runs for {len(cells)} cells ({compute.describe()})")
+    inputs = EvalInputs(base, data, settings)
+    outputs = run_tasks(compute, run_train_task, inputs, tasks, finished)
+
+    evaluation = Evaluation({o.endpoint.name: [] for o in outcomes}, {})
+    for cell in cells:
+        trained = None if cell.trained is None else outputs[cell.trained]
+        control = None if cell.control is None else outputs[cell.control]
+        failure = _failure(cell, trained, control)
+        if failure is not None:
+            log.warning(
+                "owner=%s request_id=%s %s seed=%d: evaluation failed: %s",
+                cell.owner,
+                cell.request.request_id,
+                cell.mode,
+                cell.seed,
+                failure.error,
+            )
+            evaluation.failures.setdefault(cell.owner, []).append(failure)
+            continue
+        result = _seed_result(
+            cell.request, cell.mode, cell.seed, base, data.class_names, trained, control
+        )
         log.info(
             "owner=%s request_id=%s %s seed=%d: D_hard-eval %.3f (%+.3f vs control), "
             "test %.3f (%+.3f)",
-            *(name, req.request_id, mode, seed, result.dhard_accuracy, result.dhard_gain),
-            *(result.test_accuracy, result.test_gain),
+            *(cell.owner, cell.request.request_id, cell.mode, cell.seed),
+            *(result.dhard_accuracy, result.dhard_gain, result.test_accuracy, result.test_gain),
         )
-        results[name].append(result)
-    if progress is not None:
-        progress(ProgressEvent("evaluate", "done", None, len(cells), len(cells)))
-    return results
+        evaluation.results[cell.owner].append(result)
+    failed = f", {evaluation.failed_cells} cells failed" if evaluation.failed_cells else ""
+    report("done" + failed)
+    return evaluation

@@ -211,6 +211,10 @@ def _failures(r: dict[str, Any]) -> str:
             if q["status"] != "ok":
                 what = f"{q['method']} @ {q['budget']}"
                 rows.append(_failure_row(o["name"], o["address"], what, q))
+        for f in o.get("evaluation_failures") or []:  # absent in older reports
+            what = f"training {f['method']} @ {f['budget']}, {f['training_mode']} seed {f['seed']}"
+            failed = {"error_code": "evaluation", "error": f["error"]}
+            rows.append(_failure_row(o["name"], o["address"], what, failed))
     if not rows:
         return '<h2 id="failures">Failures</h2><p class="note">No owner or request failed.</p>'
     head = ["owner", "address", "what failed", "code", "message"]
@@ -218,7 +222,8 @@ def _failures(r: dict[str, Any]) -> str:
         '<h2 id="failures">Failures</h2>'
         + table(head, rows, table_id="failures-table")
         + '<p class="note">Failed owners are left out of the ranking; the run went on '
-        "without them.</p>"
+        "without them. A failed training cell leaves its owner's gain resting on fewer seeds."
+        "</p>"
     )
 
 

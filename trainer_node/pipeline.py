@@ -191,7 +191,7 @@ def run_trainer(
         model_bytes=model_bytes,
         model_sha256=sha,
         hard={
-            mode: hard_payload(base.scoring_model, base.dhard.shared, mode)
+            mode: hard_payload(base.scoring_model, base.dhard.shared, mode, device=config.training.device)
             for mode in config.selection.modes
         },
         class_names=names,
@@ -207,10 +207,12 @@ def run_trainer(
     t_acq = time.perf_counter() - t1
 
     t2 = time.perf_counter()
-    results = evaluate_owners(outcomes, base, data, config.training, progress)
+    evaluation = evaluate_owners(
+        outcomes, base, data, config.training, progress, compute=config.compute
+    )
     t_eval = time.perf_counter() - t2
 
-    owners = owner_reports(outcomes, results, names, truth)
+    owners = owner_reports(outcomes, evaluation.results, names, truth, evaluation.failures)
     method, budget = config.selection.primary
     primary_mode = config.training.modes[0]
     ranking = rank_all(owners, setting_key(method, budget, primary_mode))
@@ -224,6 +226,12 @@ def run_trainer(
         config.training.epochs,
         base.epoch_losses,
     )
+    if n_failed := evaluation.failed_cells:  # gains over fewer seeds than configured
+        warnings.append(
+            f"{n_failed} evaluation cell{'s' if n_failed > 1 else ''} failed after "
+            "compute.retries; their owners' gains rest on fewer seeds "
+            "(owners[].evaluation_failures has the errors)"
+        )
     if not print_table:  # the CLI prints them with the summary
         for line in warnings:
             log.warning("%s", line)

@@ -172,6 +172,18 @@ class SeedResult:
 
 
 @dataclass
+class EvaluationFailure:
+    """A (request, training mode, seed) cell whose training or control run failed on every
+    attempt (compute.retries): it has no SeedResult, so its owner's gains rest on fewer seeds."""
+
+    method: str
+    budget: int
+    training_mode: str
+    seed: int
+    error: str
+
+
+@dataclass
 class GainSummary:
     mean: float
     std: float
@@ -207,6 +219,7 @@ class OwnerReport:
     utility: list[Utility] = field(default_factory=list)
     rank: int | None = None  # rank under the primary (method, budget, mode)
     price: float | None = None  # per row revealed, from the trainer config; None: not given
+    evaluation_failures: list[EvaluationFailure] = field(default_factory=list)
 
 
 @dataclass

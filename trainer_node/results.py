@@ -23,6 +23,7 @@ from trainer_node.ranking import (
 from trainer_node.report import (
     Agreement,
     BudgetState,
+    EvaluationFailure,
     FullInformation,
     GainSummary,
     OwnerDescribe,
@@ -111,7 +112,10 @@ def owner_reports(
     results: dict[str, list[SeedResult]],
     class_names: tuple[str, ...],
     truth: RowTruth | None = None,
+    failures: dict[str, list[EvaluationFailure]] | None = None,
 ) -> list[OwnerReport]:
+    """One report per owner, in `outcomes` order; `failures`: the cells that could not be
+    evaluated, by owner (trainer_node.evaluate.Evaluation.failures)."""
     reports = []
     for o in outcomes:
         shares = None if truth is None else functools.partial(truth.truth_shares, o.endpoint.name)
@@ -150,6 +154,7 @@ def owner_reports(
                 results=own,
                 utility=utilities(own) if o.ok else [],
                 price=o.endpoint.price,
+                evaluation_failures=list((failures or {}).get(o.endpoint.name, [])),
             )
         )
     return reports

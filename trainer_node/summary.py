@@ -45,7 +45,8 @@ def summary_rows(obj: dict[str, Any]) -> list[list[str]]:
         if o["status"] != "ok":
             rows.append(["-", o["name"], "failed", "-", "-", "0", o["error_code"] or "error"])
         elif o["rank"] is None:
-            rows.append(["-", o["name"], "not ranked", "-", "-", "-", "no primary result"])
+            reason = zero_gain_reason(o, obj) or "no primary result"
+            rows.append(["-", o["name"], "not ranked", "-", "-", "-", reason])
     return rows
 
 
@@ -65,7 +66,17 @@ def agreement_lines(obj: dict[str, Any]) -> list[str]:
 
 
 def failure_lines(obj: dict[str, Any]) -> list[str]:
-    return [f"{o['name']}: {o['error']}" for o in obj["owners"] if o["status"] != "ok"]
+    lines = [f"{o['name']}: {o['error']}" for o in obj["owners"] if o["status"] != "ok"]
+    for o in obj["owners"]:
+        failed = o.get("evaluation_failures") or []  # absent in older reports
+        if failed:
+            f = failed[0]
+            cell = f"{f['method']}@{f['budget']} {f['training_mode']} seed {f['seed']}"
+            lines.append(
+                f"{o['name']}: {len(failed)} evaluation cell{'s' if len(failed) > 1 else ''} "
+                f"failed (first: {cell}: {f['error']})"
+            )
+    return lines
 
 
 def warning_lines(obj: dict[str, Any]) -> list[str]:

@@ -45,6 +45,16 @@ def primary_results(owner: dict[str, Any], report: Report) -> list[dict[str, Any
     ]
 
 
+def primary_failures(owner: dict[str, Any], report: Report) -> list[dict[str, Any]]:
+    """The owner's cells under the ranking's setting that could not be evaluated."""
+    setting = primary(report)
+    return [
+        f
+        for f in owner.get("evaluation_failures") or []  # absent in older reports
+        if (f["method"], f["budget"], f["training_mode"]) == setting
+    ]
+
+
 def primary_request(owner: dict[str, Any], report: Report) -> dict[str, Any] | None:
     """The request behind the ranking's setting."""
     method, budget, _ = primary(report)
@@ -130,6 +140,10 @@ def zero_gain_reason(owner: dict[str, Any], report: Report) -> str | None:
         return "was not asked at the ranking setting"
     if q["status"] != "ok":
         return f"request failed ({q['error_code'] or 'error'}): {_short(q['error'])}"
+    failed = primary_failures(owner, report)
+    if failed:
+        seeds = f"{len(failed)} seed{'s' if len(failed) > 1 else ''}"
+        return f"{seeds} failed to evaluate: {_short(failed[0]['error'])}"
     if hard and set(hard) <= set(q["missing_classes"]):
         return "holds none of the D_hard classes"
     got, asked = q["rows_received"], q["rows_requested"]
