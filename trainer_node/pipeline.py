@@ -191,7 +191,9 @@ def run_trainer(
         model_bytes=model_bytes,
         model_sha256=sha,
         hard={
-            mode: hard_payload(base.scoring_model, base.dhard.shared, mode, device=config.training.device)
+            mode: hard_payload(
+                base.scoring_model, base.dhard.shared, mode, device=config.training.device
+            )
             for mode in config.selection.modes
         },
         class_names=names,
