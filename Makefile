@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: venv test test-all lint format proto demo example example-owner example-trainer example-csv-owner example-csv-trainer bench-moe bench-quality bench-speed bench-transfer bench-load bench clean
+.PHONY: venv test test-all lint format proto demo example example-owner example-trainer example-csv-owner example-csv-trainer bench-moe bench-quality bench-speed bench-transfer bench-load bench-scale bench clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -76,7 +76,10 @@ bench-transfer: $(STAMP)
 bench-load: $(STAMP)
 	$(BIN)/python -m bench.load
 
-bench: bench-moe bench-quality bench-speed bench-transfer bench-load
+bench-scale: $(STAMP)
+	$(BIN)/python -m bench.scale
+
+bench: bench-moe bench-quality bench-speed bench-transfer bench-load bench-scale
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache runs

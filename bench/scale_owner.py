@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from bench._grpc_bench import ROOT, token_for
-from bench._report import bench_parser, write_section
+from bench._report import bench_parser
 
 TRAINER = "bench"
 CLASSES = 10
@@ -328,20 +328,9 @@ def main() -> None:
     if len(sys.argv) > 2 and sys.argv[1] == "--owner-child":
         _owner_child(json.loads(sys.argv[2]))
         return
-    ap = bench_parser(__doc__ or "", quick="1e5 rows only (~2 min)")
+    ap = bench_parser(__doc__ or "", quick="1e5 rows only (~2 min)")  # --no-write: always
     args = ap.parse_args()
-    results = measure_owner_first_answer(quick=args.quick)
-    md = table(results)
-    print(md)
-    if not args.no_write:
-        intro = (
-            "## A large owner's first answer\n\n`bench/scale_owner.py`: a real owner (gRPC, "
-            "own process) receives a fresh Fashion-config model, embeds its rows in the "
-            "background and answers one `gradient` Select at a 1% budget; first answer = "
-            "upload start to last row received. Stages from the owner's records.\n\n"
-        )
-        write_section("scale_owner", intro + md, results)
-
+    print(table(measure_owner_first_answer(quick=args.quick)))  # bench.scale writes the doc
 
 if __name__ == "__main__":
     main()
