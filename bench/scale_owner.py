@@ -332,5 +332,6 @@ def main() -> None:
     args = ap.parse_args()
     print(table(measure_owner_first_answer(quick=args.quick)))  # bench.scale writes the doc
 
+
 if __name__ == "__main__":
     main()
