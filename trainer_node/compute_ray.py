@@ -48,6 +48,11 @@ def _check_gpus(ray: Any, compute: ComputeSettings) -> None:
     """Tasks asking for more GPUs than the cluster has would wait forever: say so instead.
     Only an error on a local instance; a cluster's autoscaler may still add GPU nodes."""
     have = float(ray.cluster_resources().get("GPU", 0.0))
+    if not compute.gpus_per_task and have:
+        # Ray hides the GPUs from a task that asked for none: "auto" then means the CPU.
+        log.warning(
+            "the Ray cluster has %g GPUs but compute.gpus_per_task is 0: tasks train on CPUs", have
+        )
     if compute.gpus_per_task <= have:
         return
     problem = f"compute.gpus_per_task: {compute.gpus_per_task} but the Ray cluster has {have} GPUs"

@@ -341,12 +341,6 @@ def evaluate_owners(
     their distinct controls) run as independent tasks on `compute` (default: one after another
     in this process); results do not depend on where they ran."""
     compute = compute or ComputeSettings()
-    if compute.backend == "ray" and not compute.gpus_per_task and settings.device != "cpu":
-        # Ray hides the GPUs from a task that asked for none: it would train on the CPU.
-        log.warning(
-            "training.device is %r but compute.gpus_per_task is 0: Ray tasks see no GPU",
-            settings.device,
-        )
     cells, tasks = plan(outcomes, data, settings)
     done = 0
 
