@@ -161,7 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         metavar="CPUS",
         help="with --backend ray: CPUs each owner actor reserves, a fraction up to 1 or a "
-        "whole number (default 1); the evaluation's tasks need CPUs beside them",
+        "whole number (default: owners share half of what one evaluation task leaves, at "
+        "most 1 each); the evaluation's tasks need CPUs beside them",
     )
     sim.set_defaults(func=_simulate)
 

@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -44,7 +45,8 @@ class RaySettings:
 
     address: str | None = None
     cpus: int | None = None  # the local instance's CPUs; None: os.cpu_count()
-    owner_cpus: float = 1.0  # reserved by each owner actor; Ray takes fractions up to 1
+    # Reserved by each owner actor; Ray takes fractions up to 1. None: `owner_share`.
+    owner_cpus: float | None = None
 
     @property
     def local(self) -> bool:
@@ -56,7 +58,7 @@ class RaySettings:
         if self.cpus is not None and not self.local:
             raise ConfigError("--ray-cpus: sets a local instance's CPUs; not with --ray-address")
         cpus = self.owner_cpus
-        if not (cpus > 0 and (cpus <= 1 or float(cpus).is_integer())):
+        if cpus is not None and not (cpus > 0 and (cpus <= 1 or float(cpus).is_integer())):
             raise ConfigError(
                 f"--ray-owner-cpus: must be a fraction up to 1 or a whole number, got {cpus:g}"
             )
@@ -79,7 +81,7 @@ def settings_from_args(args: argparse.Namespace) -> RaySettings | None:
     settings = RaySettings(
         address=args.ray_address,
         cpus=args.ray_cpus,
-        owner_cpus=1.0 if args.ray_owner_cpus is None else args.ray_owner_cpus,
+        owner_cpus=args.ray_owner_cpus,
     )
     settings.check()
     if args.tls == "on" and not settings.local:
@@ -176,12 +178,31 @@ def _local_cpus(settings: RaySettings) -> int:
     return settings.cpus or os.cpu_count() or 1
 
 
+def owner_share(total: float, owners: int, task_cpus: float) -> float:
+    """CPUs each owner reserves when --ray-owner-cpus is not given: owners mostly wait on the
+    network, so together they take at most half of what one evaluation task leaves, and never
+    more than 1 each (5 owners on 2 CPUs: 0.1 each; on a 64-CPU cluster: 1 each)."""
+    share = min(1.0, max(0.0, total - task_cpus) / 2 / max(1, owners))
+    return max(0.01, math.floor(share * 100) / 100)  # Ray's fractions: 0.01 steps are plenty
+
+
+def _sized(
+    settings: RaySettings, total: float, owners: int, task_cpus: float, *, sized_here: bool
+) -> RaySettings:
+    """`settings` with each owner's CPUs decided, checked against the instance's `total`."""
+    if settings.owner_cpus is None:
+        settings = replace(settings, owner_cpus=owner_share(total, owners, task_cpus))
+    _check_capacity(total, owners, settings, task_cpus, sized_here=sized_here)
+    return settings
+
+
 def _check_capacity(
     total: float, owners: int, settings: RaySettings, task_cpus: float, *, sized_here: bool
 ) -> None:
     """Owners hold their CPUs for the whole run: one evaluation task must still fit beside
     them, or it would wait forever. Refused on an instance sized here; on another one, only
     a warning: a cluster's autoscaler may still add nodes."""
+    assert settings.owner_cpus is not None
     needed = owners * settings.owner_cpus + task_cpus
     if needed <= total:
         return
@@ -261,13 +282,13 @@ def ray_owners(
     owners, task_cpus = len(plan.owners), plan.trainer.compute.cpus_per_task
     sized_here = settings.local and not ray.is_initialized()
     if sized_here:  # refused before the seconds Ray takes to start
-        _check_capacity(_local_cpus(settings), owners, settings, task_cpus, sized_here=True)
+        settings = _sized(settings, _local_cpus(settings), owners, task_cpus, sized_here=True)
     initialised = _connect(ray, settings)
     actors: dict[str, Any] = {}
     try:
         if not sized_here:
             total = float(ray.cluster_resources().get("CPU", 0.0))
-            _check_capacity(total, owners, settings, task_cpus, sized_here=False)
+            settings = _sized(settings, total, owners, task_cpus, sized_here=False)
         logs = plan.run_dir / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         actor_class = ray.remote(max_restarts=0)(OwnerActor)

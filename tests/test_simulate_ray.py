@@ -15,7 +15,7 @@ import pytest
 from test_cli_simulation import mycroft
 
 from mycroft.cli import main
-from mycroft.ray_owners import RaySettings, ray_owners
+from mycroft.ray_owners import RaySettings, owner_share, ray_owners
 from mycroft.scenario import load_scenario
 from mycroft.simulate import prepare
 from owner_node.health import serving
@@ -136,11 +136,21 @@ def test_a_ray_instance_already_running_is_reused_with_owners_on_the_node_addres
 def test_owners_that_would_leave_no_cpu_for_the_evaluation_are_refused(scenario, tmp_path):
     result = mycroft(
         "-q", "simulate", "--scenario", str(scenario), "--out", str(tmp_path / "run"),
-        "--backend", "ray", "--ray-cpus", "2",
+        "--backend", "ray", "--ray-cpus", "2", "--ray-owner-cpus", "1",
     )  # fmt: skip
     assert result.returncode == 2
     assert "mycroft: error: --ray-owner-cpus: 2 owners x 1 CPU" in result.stderr
     assert "the Ray instance has 2" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("total", "owners", "share"),
+    [(2, 5, 0.1), (2, 2, 0.25), (64, 5, 1.0), (1, 3, 0.01), (4, 3, 0.5)],
+)
+def test_owners_share_what_the_evaluation_leaves_by_default(total, owners, share):
+    assert owner_share(total, owners, task_cpus=1.0) == share
+    if total > 1:  # a default that the capacity check then refuses would be a trap
+        assert owners * share + 1.0 <= total
 
 
 @pytest.mark.parametrize(
