@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from pydantic import (
-    AfterValidator,
     ConfigDict,
     Field,
     PrivateAttr,
@@ -24,11 +23,11 @@ from pydantic import (
     model_validator,
 )
 
-from moe.device import check_device
 from mycroft import config_base
 from mycroft.config_base import Bool, ConfigModel, Distinct, FieldProblem, Float, Int, RelPath
 from mycroft.protocol import DEFAULT_MAX_REQUEST_BYTES, DEFAULT_MAX_REQUEST_ID_CHARS
 from owner_node.admission import AdmissionPolicy
+from owner_node.compute import ComputeSection
 from owner_node.config_fields import (
     Address,
     SecretText,
@@ -212,19 +211,6 @@ class SelectionSection(ConfigModel):
                 '"full" reveals every row; set selection.allow_full = true (evaluation only)',
             )
         return self
-
-
-class ComputeSection(ConfigModel):
-    """`[compute]`: where the owner runs the trainer's model over rows (its own rows, embedded
-    once per model before the first selection, and raw D_hard rows)."""
-
-    # "auto": the first CUDA device when torch sees one, else the CPU. A named GPU the machine
-    # lacks stops the owner at start-up (owner_node.engine), never a silent CPU fallback.
-    device: Annotated[Text, AfterValidator(check_device)] = "auto"
-    # Intra-op CPU threads for those passes; 0: every core this process may use. Default 1:
-    # on a shared 2-core machine with other work running, Fashion-sized rows embedded at ~22k
-    # rows/s on 1 thread and ~3k on 2 (batch 256); give more on a machine of its own.
-    threads: Int = Field(1, ge=0, le=1024)
 
 
 class OwnerConfig(ConfigModel):

@@ -17,7 +17,6 @@ information about rows it did not return:
 from __future__ import annotations
 
 import logging
-import os
 import time
 from concurrent.futures import Future
 
@@ -76,29 +75,6 @@ def _ignores_budget(method: str) -> bool:
     return bool(getattr(get_strategy(method), "ignores_budget", False))
 
 
-def compute_device(config: OwnerConfig) -> str:
-    """`compute.device` resolved on this machine ("cpu", "cuda:0"): a GPU it lacks stops the
-    owner at start-up, naming the field, rather than when the first model arrives."""
-    from moe.device import describe, resolve_device
-
-    try:
-        device = resolve_device(config.compute.device)
-    except ValueError as e:
-        raise ConfigError(f"compute.device: {e}") from None
-    log.info("owner models run on %s", describe(device))
-    return str(device)
-
-
-def compute_threads(config: OwnerConfig) -> int:
-    """`compute.threads`, 0 resolved to the cores this process may use."""
-    if config.compute.threads:
-        return config.compute.threads
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # no affinity on this platform (macOS)
-        return os.cpu_count() or 1
-
-
 class Engine:
     def __init__(self, config: OwnerConfig, data: LabeledData | None = None):
         self.config = config
@@ -119,8 +95,8 @@ class Engine:
             disk_quota_per_trainer_bytes=config.owner.disk_quota_per_trainer_mib * 1024 * 1024,
             embed_batch_size=config.selection.embed_batch_size,
             admission=config.models,
-            device=compute_device(config),
-            threads=compute_threads(config),
+            device=config.compute.resolved_device(),
+            threads=config.compute.resolved_threads(),
         )
         # Row id -> position, for sending the selected rows.
         self._order = np.argsort(self.data.row_ids, kind="stable")

@@ -25,8 +25,9 @@ from owner_node.auth import Authenticator, Caller
 from owner_node.engine import Engine
 from owner_node.ledger import ChargeResult, Ledger, QueryGrant
 from owner_node.limits import Limiter, Place
-from owner_node.models import LoadedModel, Upload, check_sha
+from owner_node.models import LoadedModel, check_sha
 from owner_node.select_request import SelectJob, parse_select
+from owner_node.upload import Upload
 from owner_node.watchdog import Watchdog
 from selection.base import SelectionResult
 
