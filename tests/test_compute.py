@@ -372,5 +372,8 @@ def test_a_run_with_a_failed_cell_reports_it_and_still_ranks(
     from trainer_node.html_report import render_html
 
     page = render_html(report)
+    assert report["settings"]["device"] == "cpu"  # "auto" on a machine without a GPU
+    assert report["settings"]["compute"] == "local, 1 worker"
+    assert "cpu; evaluation local, 1 worker" in page
     assert "training feature @ 4, finetune seed 1" in page
     assert "injected failure of rich-feature-4 seed 1" in page

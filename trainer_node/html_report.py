@@ -76,6 +76,7 @@ def _header(r: dict[str, Any]) -> str:
         ("seeds", ", ".join(map(str, s["seeds"]))),
         ("ranked by", f"{method} @ {budget}, {mode}"),
         ("selection mode", s["selection_mode"]),
+        ("ran on", f"{s.get('device') or 'cpu'}; evaluation {s.get('compute') or 'local'}"),
         (
             "training",
             f"{'/'.join(s['training_modes'])}, {s['epochs']} epochs "

@@ -105,6 +105,8 @@ def _dhard_summary(base: Baseline, class_names: tuple[str, ...]) -> DHardSummary
 
 
 def _settings(cfg: TrainerConfig) -> Settings:
+    from moe.device import describe, resolve_device
+
     t, s = cfg.training, cfg.selection
     method, budget = s.primary
     return Settings(
@@ -120,6 +122,8 @@ def _settings(cfg: TrainerConfig) -> Settings:
         oversample_to=t.oversample_to,
         score_epoch=s.score_epoch,
         rounds=s.rounds,
+        device=describe(resolve_device(t.device)),
+        compute=cfg.compute.describe(),
         batch_size=t.batch_size,
         lr=t.lr,
         replay_fraction=t.replay_fraction,

@@ -76,6 +76,8 @@ class Settings:
     oversample_to: int = 0  # subsets repeated up to this many rows per fine-tuning epoch
     score_epoch: int | None = None  # the checkpoint owners scored with; None: the final model
     rounds: int = 1  # each budget acquired in this many Selects (selection.rounds)
+    device: str | None = None  # where the trainer trained, e.g. "cpu", "cuda:0 (NVIDIA H200)"
+    compute: str | None = None  # where the evaluation's tasks ran, e.g. "ray (auto), 1 worker"
 
 
 @dataclass
