@@ -81,7 +81,10 @@ def test_ray_gives_the_local_report_and_leaves_the_ledgers_closed(scenario, tmp_
     on_ray = simulate(scenario, tmp_path / "ray", *RAY)
     local = simulate(scenario, tmp_path / "local")
     assert [e["owner"] for e in on_ray["ranking"]] == ["relevant", "irrelevant"]
-    assert deterministic(on_ray) == deterministic(local)  # same ranking, gains, rows
+    # The report says where the evaluation ran; all else is the same: ranking, gains, rows.
+    assert on_ray["settings"].pop("compute") == "ray (local instance), 1 CPU per task"
+    assert local["settings"].pop("compute") == "local, 1 worker"
+    assert deterministic(on_ray) == deterministic(local)
 
     run = tmp_path / "ray"
     for report in on_ray["owners"]:

@@ -60,11 +60,13 @@ class ComputeSettings(ConfigModel):
         return self
 
     def describe(self) -> str:
-        """For progress and logs: "local, 1 worker", "ray (local instance), 2 workers"."""
-        workers = f"{self.workers} worker{'s' if self.workers > 1 else ''}"
+        """For progress, logs and the report: "local, 1 worker", "ray (auto), 1 CPU + 0.25 GPU
+        per task" (on Ray the cluster decides how many run at once)."""
         if self.backend == "local":
-            return f"local, {workers}"
-        return f"ray ({self.address or 'local instance'}), {workers}"
+            return f"local, {self.workers} worker{'s' if self.workers > 1 else ''}"
+        gpus = f" + {self.gpus_per_task:g} GPU" if self.gpus_per_task else ""
+        where = self.address or "local instance"
+        return f"ray ({where}), {self.cpus_per_task:g} CPU{gpus} per task"
 
 
 @dataclass(frozen=True)

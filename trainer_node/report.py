@@ -77,7 +77,9 @@ class Settings:
     score_epoch: int | None = None  # the checkpoint owners scored with; None: the final model
     rounds: int = 1  # each budget acquired in this many Selects (selection.rounds)
     device: str | None = None  # where the trainer trained, e.g. "cpu", "cuda:0 (NVIDIA H200)"
-    compute: str | None = None  # where the evaluation's tasks ran, e.g. "ray (auto), 1 worker"
+    compute: str | None = (
+        None  # where the evaluation's tasks ran, e.g. "ray (auto), 1 CPU per task"
+    )
 
 
 @dataclass
