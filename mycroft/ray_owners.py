@@ -148,16 +148,6 @@ class OwnerActor:
         return self._server.stop(self._grace).wait(self._grace + CLOSE_SECONDS)
 
 
-def _import_ray() -> Any:
-    from trainer_node.compute import RAY_INSTALL_HINT
-
-    try:
-        import ray
-    except ImportError:
-        raise ConfigError(f"--backend: ray is not installed: {RAY_INSTALL_HINT}") from None
-    return ray
-
-
 def _connect(ray: Any, settings: RaySettings) -> bool:
     """Initialise Ray in this process; True when this call did (so we shut it down)."""
     if ray.is_initialized():  # e.g. a caller that set up its own instance: reuse, keep it
@@ -278,7 +268,9 @@ def ray_owners(
     from mycroft.simulate import trainer_with_addresses, wait_serving
 
     settings.check()
-    ray = _import_ray()
+    from trainer_node.compute_ray import import_ray
+
+    ray = import_ray("--backend")
     owners, task_cpus = len(plan.owners), plan.trainer.compute.cpus_per_task
     sized_here = settings.local and not ray.is_initialized()
     if sized_here:  # refused before the seconds Ray takes to start

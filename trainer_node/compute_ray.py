@@ -24,11 +24,12 @@ from trainer_node.compute import (
 log = logging.getLogger("mycroft.trainer.compute")
 
 
-def _import_ray() -> Any:
+def import_ray(setting: str = "compute.backend") -> Any:
+    """The ray module, or a ConfigError naming the `setting` that asked for it."""
     try:
         import ray
     except ImportError:
-        raise ConfigError(f"compute.backend: ray is not installed: {RAY_INSTALL_HINT}") from None
+        raise ConfigError(f"{setting}: ray is not installed: {RAY_INSTALL_HINT}") from None
     return ray
 
 
@@ -64,7 +65,7 @@ def _check_gpus(ray: Any, compute: ComputeSettings) -> None:
 def run_on_ray(
     compute: ComputeSettings, job: Job[Any, Any, Any], tasks: Sequence[Any], on_done: DoneFn
 ) -> list[Any]:
-    ray = _import_ray()
+    ray = import_ray()
     started = _start(ray, compute)
     try:
         _check_gpus(ray, compute)
