@@ -215,6 +215,7 @@ def _select(mix: _Mix, ch: grpc.Channel, trainer: str, sha: str, index: int) -> 
     import numpy as np
 
     from bench.load import BUDGET, hard_set
+    from mycroft import serde
     from mycroft.v1 import owner_pb2 as pb
     from mycroft.v1 import owner_pb2_grpc as pb_grpc
 
@@ -234,7 +235,8 @@ def _select(mix: _Mix, ch: grpc.Channel, trainer: str, sha: str, index: int) -> 
         )
         i += 1
         start = time.time()
-        call = stub.Select(request, metadata=_meta(trainer), timeout=60)
+        chunks = serde.select_request_chunks(request.SerializeToString())
+        call = stub.Select(chunks, metadata=_meta(trainer), timeout=60)
         mix.add(call)
         code, detail = "OK", ""
         try:

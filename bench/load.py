@@ -40,7 +40,7 @@ import numpy as np
 from bench import _hostile_report, _hostile_run
 from bench._grpc_bench import Stats, owner_mapping, server, token_for
 from bench._report import RESULTS, bench_parser, write_section
-from mycroft import wire
+from mycroft import serde, wire
 from mycroft.v1 import owner_pb2 as pb
 from mycroft.v1 import owner_pb2_grpc as pb_grpc
 
@@ -135,7 +135,8 @@ def hard_set(seed: int) -> pb.EmbeddedHardSet:
 
 def select(stub: pb_grpc.DataOwnerStub, trainer: str, request: pb.SelectRequest) -> int:
     rows = 0
-    for msg in stub.Select(request, metadata=_meta(trainer), timeout=30):
+    chunks = serde.select_request_chunks(request.SerializeToString())
+    for msg in stub.Select(chunks, metadata=_meta(trainer), timeout=30):
         if msg.WhichOneof("payload") == "summary":
             rows = msg.summary.rows_sent
     return rows

@@ -58,6 +58,7 @@ class OwnerInfo:
     protocol_version: str = PROTOCOL_VERSION
     trainer_id: str = ""
     budget: Allowance = NO_ALLOWANCE
+    max_request_bytes: int = 0  # the largest Select request the owner reads; 0: not said
 
 
 @dataclass(frozen=True)

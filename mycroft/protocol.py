@@ -9,8 +9,14 @@ from __future__ import annotations
 MiB = 1024 * 1024
 
 PROTOCOL_VERSION = "mycroft.v1"
-DEFAULT_MAX_REQUEST_BYTES = 64 * MiB  # one gRPC message, the owner's default limit
+# The largest Select request (D_hard, serialized) an owner reads unless its config says
+# otherwise; Describe tells trainers the owner's own number. It arrives in CHUNK_BYTES chunks.
+DEFAULT_MAX_REQUEST_BYTES = 64 * MiB
 DEFAULT_MAX_REQUEST_ID_CHARS = 128  # the owner's default limit on a request id
-# Rows chunks (owner -> trainer) and model chunks (trainer -> owner): well below gRPC's 4 MiB
-# default message limit, so neither side needs a raised limit for streams.
+# Rows chunks (owner -> trainer), model and Select request chunks (trainer -> owner).
 CHUNK_BYTES = 1 * MiB
+# One gRPC message, on both nodes. Everything large travels in chunks, so these only stop a
+# peer from making the other hold a huge message: one from a trainer (a chunk, a small
+# request), and one answer from an owner (Describe's feature names, a long ledger).
+MAX_REQUEST_MESSAGE_BYTES = 4 * MiB
+MAX_ANSWER_MESSAGE_BYTES = 16 * MiB

@@ -62,6 +62,7 @@ def owner_info_from_proto(message: pb.DescribeResponse) -> OwnerInfo:
         class_counts=tuple(int(c) for c in message.class_counts),
         trainer_id=message.trainer_id,
         budget=allowance_from_proto(message.budget),
+        max_request_bytes=int(message.max_request_bytes),
     )
 
 
@@ -73,16 +74,30 @@ def model_status_from_proto(message: pb.ModelStatus) -> ModelStatusInfo:
     return ModelStatusInfo(message.sha256, bool(message.present), int(message.size))
 
 
+def _pieces(payload: bytes, chunk_bytes: int) -> Iterator[tuple[int, bytes]]:
+    """(index, bytes) of consecutive pieces; an empty payload is one empty piece."""
+    view = memoryview(payload)
+    for i, start in enumerate(range(0, max(1, len(view)), chunk_bytes)):
+        yield i, bytes(view[start : start + chunk_bytes])
+
+
 def model_chunks(
     model_bytes: bytes, sha256: str, chunk_bytes: int = CHUNK_BYTES
 ) -> Iterator[pb.ModelChunk]:
     """An upload: the first chunk names the model and its size, the rest carry only bytes."""
-    for i, start in enumerate(range(0, max(1, len(model_bytes)), chunk_bytes)):
-        data = model_bytes[start : start + chunk_bytes]
+    for i, data in _pieces(model_bytes, chunk_bytes):
         if i == 0:
             yield pb.ModelChunk(sha256=sha256, total_size=len(model_bytes), data=data)
         else:
             yield pb.ModelChunk(data=data)
+
+
+def select_request_chunks(
+    request_bytes: bytes, chunk_bytes: int = CHUNK_BYTES
+) -> Iterator[pb.SelectRequestChunk]:
+    """A serialized SelectRequest as Select's request stream: the first chunk says the total."""
+    for i, data in _pieces(request_bytes, chunk_bytes):
+        yield pb.SelectRequestChunk(total_size=len(request_bytes) if i == 0 else 0, data=data)
 
 
 def ledger_to_proto(ledger: LedgerInfo) -> pb.LedgerResponse:

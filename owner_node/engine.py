@@ -120,6 +120,7 @@ class Engine:
             feature_names=tuple(self.data.feature_names),
             methods=self.methods,
             class_counts=() if hide else self._class_counts,
+            max_request_bytes=self.config.limits.max_request_bytes,
         )
 
     def rows(self, row_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -53,3 +53,7 @@ class SelectionFailed(MycroftError):
 class DiskQuotaExceeded(MycroftError):
     """A model upload that does not fit the owner's disk quota, even after evicting the least
     recently used models that are not in use."""
+
+
+class RequestTooLarge(MycroftError):
+    """A Select request larger than the owner's [limits] max_request_bytes."""

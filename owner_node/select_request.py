@@ -12,14 +12,18 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
+from google.protobuf.message import DecodeError
 
 from mycroft import wire
 from mycroft.errors import InvalidRequest
+from mycroft.protocol import MiB
 from mycroft.v1 import owner_pb2 as pb
 from owner_node.config import LimitsSection
+from owner_node.errors import RequestTooLarge
 from owner_node.ledger import request_fingerprint
 
 # Printable ASCII without spaces: request ids end up in logs and the audit table.
@@ -48,6 +52,41 @@ class SelectJob:
     @property
     def mode(self) -> str:
         return "raw" if self.raw_features is not None else "embedded"
+
+
+def read_select_request(chunks: Iterable[object], max_bytes: int) -> pb.SelectRequest:
+    """Select's request stream put back together. The first chunk's announced size is checked
+    against `max_bytes` before anything else is read, and the stream must carry exactly that.
+    `chunks` may hold `rpc.Malformed` stand-ins for undecodable messages."""
+    buffer: bytearray | None = None
+    total = 0
+    for chunk in chunks:
+        if not isinstance(chunk, pb.SelectRequestChunk):
+            raise InvalidRequest("request", f"not a valid protobuf message ({chunk.error})")
+        if buffer is None:
+            total = chunk.total_size
+            if total < 1:
+                raise InvalidRequest("total_size", "the first chunk must give the request's size")
+            if total > max_bytes:
+                raise RequestTooLarge(
+                    f"a Select request of {total / MiB:.1f} MiB exceeds this owner's limit of "
+                    f"{max_bytes / MiB:.1f} MiB ([limits] max_request_bytes); send fewer D_hard "
+                    "rows, or ask the owner to raise its limit"
+                )
+            buffer = bytearray()
+        elif chunk.total_size:
+            raise InvalidRequest("total_size", "only the first chunk gives the size")
+        if len(buffer) + len(chunk.data) > total:
+            raise InvalidRequest("data", f"more than the {total} bytes the first chunk announced")
+        buffer += chunk.data
+    if buffer is None:
+        raise InvalidRequest("request", "the stream ended before its first chunk")
+    if len(buffer) != total:
+        raise InvalidRequest("data", f"the stream ended after {len(buffer)} of {total} bytes")
+    try:
+        return pb.SelectRequest.FromString(bytes(buffer))
+    except DecodeError as exc:
+        raise InvalidRequest("request", f"not a valid SelectRequest ({exc})") from None
 
 
 def parse_select(

@@ -23,6 +23,7 @@ from helpers_grpc import (
     digits_data,
     owner_config,
     raw_request,
+    request_chunks,
     running_owner,
     tiny_model_bytes,
 )
@@ -45,7 +46,7 @@ def _read_stream(stub: pb_grpc.DataOwnerStub, request: pb.SelectRequest, pace: f
     """Row ids in arrival order, the summary if it came, the status if the stream broke."""
     out: dict = {"ids": [], "summary": None, "code": None}
     try:
-        for msg in stub.Select(request, metadata=AUTH, timeout=60):
+        for msg in stub.Select(request_chunks(request), metadata=AUTH, timeout=60):
             if msg.WhichOneof("payload") == "rows":
                 out["ids"] += wire.decode(msg.rows.row_ids, "row_ids", dtype="int64").tolist()
             else:

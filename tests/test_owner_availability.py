@@ -24,6 +24,7 @@ from helpers_grpc import (
     digits_data,
     owner_config,
     raw_request,
+    request_chunks,
     running_owner,
     status_of,
 )
@@ -279,7 +280,7 @@ def test_unread_select_stream_is_cancelled_and_gives_its_place_back(tmp_path):
             hard = big.features[:4].reshape(4, -1)
             request = raw_request("big", "random", 128, "", hard, big.labels[:4])
             call = pb_grpc.DataOwnerStub(channel).Select(
-                request, metadata=bearer("alice"), timeout=60
+                request_chunks(request), metadata=bearer("alice"), timeout=60
             )
             assert wait_until(lambda: server.engine.scheduler.places.in_use() == 1, 10)
             # Never read: the watchdog cancels the stalled stream and the place is released.

@@ -21,7 +21,7 @@ class DescribeRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class DescribeResponse(_message.Message):
-    __slots__ = ("protocol_version", "owner_name", "class_names", "row_count", "input_shape", "feature_names", "methods", "class_counts", "trainer_id", "budget")
+    __slots__ = ("protocol_version", "owner_name", "class_names", "row_count", "input_shape", "feature_names", "methods", "class_counts", "trainer_id", "budget", "max_request_bytes")
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
     OWNER_NAME_FIELD_NUMBER: _ClassVar[int]
     CLASS_NAMES_FIELD_NUMBER: _ClassVar[int]
@@ -32,6 +32,7 @@ class DescribeResponse(_message.Message):
     CLASS_COUNTS_FIELD_NUMBER: _ClassVar[int]
     TRAINER_ID_FIELD_NUMBER: _ClassVar[int]
     BUDGET_FIELD_NUMBER: _ClassVar[int]
+    MAX_REQUEST_BYTES_FIELD_NUMBER: _ClassVar[int]
     protocol_version: str
     owner_name: str
     class_names: _containers.RepeatedScalarFieldContainer[str]
@@ -42,7 +43,8 @@ class DescribeResponse(_message.Message):
     class_counts: _containers.RepeatedScalarFieldContainer[int]
     trainer_id: str
     budget: Budget
-    def __init__(self, protocol_version: _Optional[str] = ..., owner_name: _Optional[str] = ..., class_names: _Optional[_Iterable[str]] = ..., row_count: _Optional[int] = ..., input_shape: _Optional[_Iterable[int]] = ..., feature_names: _Optional[_Iterable[str]] = ..., methods: _Optional[_Iterable[str]] = ..., class_counts: _Optional[_Iterable[int]] = ..., trainer_id: _Optional[str] = ..., budget: _Optional[_Union[Budget, _Mapping]] = ...) -> None: ...
+    max_request_bytes: int
+    def __init__(self, protocol_version: _Optional[str] = ..., owner_name: _Optional[str] = ..., class_names: _Optional[_Iterable[str]] = ..., row_count: _Optional[int] = ..., input_shape: _Optional[_Iterable[int]] = ..., feature_names: _Optional[_Iterable[str]] = ..., methods: _Optional[_Iterable[str]] = ..., class_counts: _Optional[_Iterable[int]] = ..., trainer_id: _Optional[str] = ..., budget: _Optional[_Union[Budget, _Mapping]] = ..., max_request_bytes: _Optional[int] = ...) -> None: ...
 
 class Budget(_message.Message):
     __slots__ = ("cap", "used", "left", "queries", "queries_used", "queries_left")
@@ -132,6 +134,14 @@ class SelectRequest(_message.Message):
     params: _containers.ScalarMap[str, float]
     exclude_row_ids: _containers.RepeatedScalarFieldContainer[int]
     def __init__(self, request_id: _Optional[str] = ..., method: _Optional[str] = ..., budget: _Optional[int] = ..., model_sha256: _Optional[str] = ..., raw: _Optional[_Union[RawHardSet, _Mapping]] = ..., embedded: _Optional[_Union[EmbeddedHardSet, _Mapping]] = ..., seed: _Optional[int] = ..., params: _Optional[_Mapping[str, float]] = ..., exclude_row_ids: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class SelectRequestChunk(_message.Message):
+    __slots__ = ("total_size", "data")
+    TOTAL_SIZE_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    total_size: int
+    data: bytes
+    def __init__(self, total_size: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class RowsChunk(_message.Message):
     __slots__ = ("features", "labels", "row_ids", "scores")

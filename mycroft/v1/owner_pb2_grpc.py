@@ -49,9 +49,9 @@ class DataOwnerStub:
                 request_serializer=mycroft_dot_v1_dot_owner__pb2.ModelChunk.SerializeToString,
                 response_deserializer=mycroft_dot_v1_dot_owner__pb2.ModelStatus.FromString,
                 _registered_method=True)
-        self.Select = channel.unary_stream(
+        self.Select = channel.stream_stream(
                 '/mycroft.v1.DataOwner/Select',
-                request_serializer=mycroft_dot_v1_dot_owner__pb2.SelectRequest.SerializeToString,
+                request_serializer=mycroft_dot_v1_dot_owner__pb2.SelectRequestChunk.SerializeToString,
                 response_deserializer=mycroft_dot_v1_dot_owner__pb2.SelectChunk.FromString,
                 _registered_method=True)
         self.GetLedger = channel.unary_unary(
@@ -89,10 +89,11 @@ class DataOwnerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def Select(self, request, context):
-        """Select at most min(budget, rows left in the cap) rows for D_hard. Streams row chunks,
-        then one summary. Costs one query, charged before any computation; a retry of a finished
-        request_id returns the same rows with no new charge of either kind.
+    def Select(self, request_iterator, context):
+        """Select at most min(budget, rows left in the cap) rows for D_hard. The request arrives as
+        chunks of its bytes (D_hard can be tens of MiB; no single message carries it), the answer
+        as row chunks, then one summary. Costs one query, charged before any computation; a retry
+        of a finished request_id returns the same rows with no new charge of either kind.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -123,9 +124,9 @@ def add_DataOwnerServicer_to_server(servicer, server):
                     request_deserializer=mycroft_dot_v1_dot_owner__pb2.ModelChunk.FromString,
                     response_serializer=mycroft_dot_v1_dot_owner__pb2.ModelStatus.SerializeToString,
             ),
-            'Select': grpc.unary_stream_rpc_method_handler(
+            'Select': grpc.stream_stream_rpc_method_handler(
                     servicer.Select,
-                    request_deserializer=mycroft_dot_v1_dot_owner__pb2.SelectRequest.FromString,
+                    request_deserializer=mycroft_dot_v1_dot_owner__pb2.SelectRequestChunk.FromString,
                     response_serializer=mycroft_dot_v1_dot_owner__pb2.SelectChunk.SerializeToString,
             ),
             'GetLedger': grpc.unary_unary_rpc_method_handler(
@@ -226,7 +227,7 @@ class DataOwner:
             _registered_method=True)
 
     @staticmethod
-    def Select(request,
+    def Select(request_iterator,
             target,
             options=(),
             channel_credentials=None,
@@ -236,11 +237,11 @@ class DataOwner:
             wait_for_ready=None,
             timeout=None,
             metadata=None):
-        return grpc.experimental.unary_stream(
-            request,
+        return grpc.experimental.stream_stream(
+            request_iterator,
             target,
             '/mycroft.v1.DataOwner/Select',
-            mycroft_dot_v1_dot_owner__pb2.SelectRequest.SerializeToString,
+            mycroft_dot_v1_dot_owner__pb2.SelectRequestChunk.SerializeToString,
             mycroft_dot_v1_dot_owner__pb2.SelectChunk.FromString,
             options,
             channel_credentials,
