@@ -54,7 +54,7 @@ def model(digits):
 
 def client_for(address: str, sleeps: list[float] | None = None, token: str = TOKEN, **settings):
     endpoint = OwnerEndpoint(name="o1", address=address, token=token, deadline_seconds=20)
-    s = ClientSettings(**{"retries": 2, "backoff": 0.01, **settings})
+    s = ClientSettings(**{"retries": 2, "backoff": 0.01, "jitter": 0.0, **settings})
     return OwnerClient(endpoint, s, sleep=sleeps.append if sleeps is not None else None)
 
 
@@ -125,9 +125,11 @@ class FlakyProxy(pb_grpc.DataOwnerServicer):
     def UploadModel(self, request_iterator, context):
         return self._unary("UploadModel", request_iterator, context)
 
-    def Select(self, request, context):
+    def Select(self, request_iterator, context):
+        chunks = list(request_iterator)  # the request's bytes, in chunks
+        request = pb.SelectRequest.FromString(b"".join(c.data for c in chunks))
         self.select_ids.append(request.request_id)
-        chunks = list(self.stub.Select(request, metadata=self._md(context), timeout=20))
+        chunks = list(self.stub.Select(iter(chunks), metadata=self._md(context), timeout=20))
         if self.fail > 0:
             self.fail -= 1
             context.abort(grpc.StatusCode.UNAVAILABLE, "injected: connection reset")
@@ -170,6 +172,24 @@ def test_retries_exhausted_on_unreachable_owner():
     assert sleeps == [0.01, 0.02]  # exponential backoff between the three attempts
 
 
+def test_trainers_retrying_a_restarted_owner_spread_their_waits():
+    """64 trainers that lose the same owner at the same moment must not come back in step:
+    each wait is drawn from [(1 - jitter) * w, w] of its exponential step, per client."""
+    waits: list[list[float]] = []
+    for _ in range(64):
+        sleeps: list[float] = []
+        with client_for("127.0.0.1:1", sleeps, retries=3, backoff=0.2, jitter=0.5) as c:
+            with pytest.raises(OwnerError):
+                c.describe()
+        waits.append(sleeps)
+    for attempt, ceiling in enumerate((0.2, 0.4, 0.8)):
+        step = [w[attempt] for w in waits]
+        assert all(ceiling / 2 <= x <= ceiling for x in step), step
+        # Spread over the window: at most a few trainers share any 5% slice of it.
+        slices = np.floor((np.array(step) - ceiling / 2) / (ceiling / 2) * 20)
+        assert np.bincount(slices.astype(int)).max() <= 10, step
+
+
 def test_non_retryable_errors_fail_fast(owner, model, digits):
     sleeps: list[float] = []
     with client_for(owner, sleeps, token="wrong-token-0123456789abc") as c:
@@ -193,7 +213,8 @@ class BrokenOwner(pb_grpc.DataOwnerServicer):
     def __init__(self, kind: str):
         self.kind = kind
 
-    def Select(self, request, context):
+    def Select(self, request_iterator, context):
+        request = pb.SelectRequest.FromString(b"".join(c.data for c in request_iterator))
         rows = pb.RowsChunk(
             features=wire.encode(np.zeros((2, 1, 8, 8), np.float32)),
             labels=wire.encode(np.array([3, 8], np.int64)),
@@ -220,35 +241,11 @@ def test_malformed_streams_are_rejected(kind, message, digits):
     assert info.value.code == "PROTOCOL"
 
 
-def _openssl(d, *args: str) -> None:
-    import subprocess
-
-    subprocess.run(["openssl", *args], cwd=d, check=True, capture_output=True, timeout=60)
-
-
-def _cert(d, name: str, cn: str, ext: str) -> None:
-    _openssl(d, "ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", f"{name}.key")
-    _openssl(d, "req", "-new", "-key", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={cn}")
-    (d / f"{name}.ext").write_text(ext + "\n")
-    _openssl(
-        d,
-        *("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key"),
-        *("-CAcreateserial", "-out", f"{name}.crt", "-days", "2", "-extfile", f"{name}.ext"),
-    )
-
-
 @pytest.fixture(scope="module")
 def certs(tmp_path_factory):
-    import shutil
+    from helpers_certs import write_pki
 
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl is not installed: cannot make test certificates")
-    d = tmp_path_factory.mktemp("certs")
-    _openssl(d, "ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", "ca.key")
-    _openssl(d, "req", "-x509", "-new", "-key", "ca.key", "-out", "ca.crt", "-subj", "/CN=ca")
-    _cert(d, "owner", "localhost", "subjectAltName=DNS:localhost\nextendedKeyUsage=serverAuth")
-    _cert(d, "trainer", "t1", "extendedKeyUsage=clientAuth")
-    return d
+    return write_pki(tmp_path_factory.mktemp("certs"), {"trainer": "t1"})
 
 
 @pytest.mark.parametrize("mutual", [False, True], ids=["tls+token", "mtls"])

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
+import random
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -22,7 +23,7 @@ from google.protobuf.message import Message
 from mycroft import serde, wire
 from mycroft.errors import InvalidRequest, MycroftError
 from mycroft.messages import LedgerInfo, ModelStatusInfo, OwnerInfo, SelectRequestSpec
-from mycroft.protocol import CHUNK_BYTES
+from mycroft.protocol import CHUNK_BYTES, MAX_ANSWER_MESSAGE_BYTES, MAX_REQUEST_MESSAGE_BYTES, MiB
 from mycroft.v1 import owner_pb2 as pb
 from mycroft.v1 import owner_pb2_grpc as pb_grpc
 from trainer_node.config import ClientSettings, OwnerEndpoint
@@ -32,9 +33,6 @@ __all__ = ["OwnerClient", "OwnerError", "make_channel"]  # message types: mycrof
 
 log = logging.getLogger("mycroft.trainer.client")
 
-# The trainer's own channel ceiling, not the owner's limit (mycroft.protocol): the largest
-# message it sends is a Select's D_hard, and it receives rows in CHUNK_BYTES chunks.
-MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 MAX_SUBSET_BYTES = 1024 * 1024 * 1024  # sanity cap on one decoded tensor from an owner
 RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
 _RESET_HINTS = ("connection reset", "socket closed", "rst_stream", "broken pipe")
@@ -59,8 +57,9 @@ def _read(path) -> bytes:
 def make_channel(endpoint: OwnerEndpoint) -> grpc.Channel:
     """An insecure, TLS or mutual-TLS channel to the owner."""
     options = [
-        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        # The same bounds as the owner's (mycroft.protocol): large payloads go in chunks.
+        ("grpc.max_receive_message_length", MAX_ANSWER_MESSAGE_BYTES),
+        ("grpc.max_send_message_length", MAX_REQUEST_MESSAGE_BYTES),
         # gRPC's own transparent retries would hide attempts from our logs and backoff.
         ("grpc.enable_retries", 0),
     ]
@@ -103,6 +102,9 @@ class OwnerClient:
         self.channel = channel or make_channel(endpoint)
         self.stub = pb_grpc.DataOwnerStub(self.channel)
         self._sleep = sleep or time.sleep  # injectable so tests can record the backoff
+        self._jitter = random.Random()  # per client: trainers must not retry in step
+        # The owner's limit on a Select request, once Describe has told it (0: not known).
+        self.max_request_bytes = 0
         self._metadata = (("authorization", f"Bearer {endpoint.token}"),) if endpoint.token else ()
 
     @property
@@ -133,13 +135,19 @@ class OwnerClient:
                 if not _is_retryable(err) or attempt == s.retries:
                     log.warning("%s %s failed: %s: %s", tag, what, code, details)
                     raise OwnerError(self.name, code, details, request_id) from None
-                wait = min(s.backoff_max, s.backoff * (2**attempt))
+                wait = self._backoff(attempt)
                 log.info(
                     "%s %s: %s (%s); retry %d/%d in %.2fs",
                     *(tag, what, code, details, attempt + 1, s.retries, wait),
                 )
                 self._sleep(wait)
         raise AssertionError("unreachable")
+
+    def _backoff(self, attempt: int) -> float:
+        """Exponential backoff, capped, with its `jitter` share drawn at random."""
+        s = self.settings
+        ceiling = min(s.backoff_max, s.backoff * (2**attempt))
+        return ceiling * (1.0 - s.jitter * self._jitter.random())
 
     # ------------------------------------------------------------ calls
 
@@ -155,7 +163,9 @@ class OwnerClient:
         return self._call(method, once)
 
     def describe(self) -> OwnerInfo:
-        return serde.owner_info_from_proto(self._unary("Describe", pb.DescribeRequest()))
+        info = serde.owner_info_from_proto(self._unary("Describe", pb.DescribeRequest()))
+        self.max_request_bytes = info.max_request_bytes
+        return info
 
     def has_model(self, sha256: str) -> ModelStatusInfo:
         reply = self._unary("HasModel", pb.ModelRef(sha256=sha256))
@@ -180,14 +190,27 @@ class OwnerClient:
         return serde.model_status_from_proto(reply), True
 
     def select(self, spec: SelectRequestSpec) -> OwnerSubset:
-        request = serde.select_request_to_proto(spec)
+        request = serde.select_request_to_proto(spec).SerializeToString()
+        limit = self.max_request_bytes
+        if limit and len(request) > limit:  # the owner would refuse it unread: say why here
+            raise OwnerError(
+                self.name,
+                "RESOURCE_EXHAUSTED",
+                f"this Select request is {len(request) / MiB:.1f} MiB (D_hard of "
+                f"{len(spec.hard.labels)} rows), over the owner's limit of {limit / MiB:.1f} MiB "
+                "(its [limits] max_request_bytes); share fewer D_hard rows ([dhard] "
+                "shared_fraction or classes) or ask the owner to raise its limit",
+                spec.request_id,
+            )
         attempts = 0
 
         def once(timeout: float) -> OwnerSubset:
             nonlocal attempts
             attempts += 1
             start = time.perf_counter()
-            stream = self.stub.Select(request, timeout=timeout, metadata=self._metadata)
+            stream = self.stub.Select(
+                serde.select_request_chunks(request), timeout=timeout, metadata=self._metadata
+            )
             try:
                 subset = _consume(stream, spec, self.name)
             finally:

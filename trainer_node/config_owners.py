@@ -83,4 +83,7 @@ class ClientSettings(ConfigModel):
     retries: Int = Field(3, ge=0)
     backoff: Float = Field(0.5, ge=0.0, le=60.0)  # first wait in seconds; doubles per attempt
     backoff_max: Float = Field(10.0, ge=0.0, le=600.0)
+    # The share of each wait drawn at random: a wait is uniform in [(1 - jitter) * w, w], so
+    # trainers that saw the same owner restart do not all retry at the same instant.
+    jitter: Float = Field(0.5, ge=0.0, le=1.0)
     concurrency: Int = Field(4, ge=1)
