@@ -14,6 +14,16 @@ from mycroft.errors import ConfigError
 MAX_TOML_BYTES = 1024 * 1024  # configs and scenarios are small; a bigger file is a mistake
 
 
+def toml_ready(value: Any) -> Any:
+    """A config built in memory as values `tomli_w` writes: paths as text, None ("not set":
+    TOML has no null) left out."""
+    if isinstance(value, dict):
+        return {k: toml_ready(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list | tuple):
+        return [toml_ready(v) for v in value]
+    return str(value) if isinstance(value, Path) else value
+
+
 def read_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
     """The parsed TOML file; any problem reading or parsing it is one ConfigError naming the
     file (never a traceback: deep nesting, non-UTF-8, over-long integers, directories)."""

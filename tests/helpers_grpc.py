@@ -8,7 +8,6 @@ ephemeral port, `OwnerClient` wraps the stub with a bearer token and collects Se
 from __future__ import annotations
 
 import contextlib
-import json
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,8 +15,9 @@ from typing import Any
 
 import grpc
 import numpy as np
+import tomli_w
 
-from mycroft import wire
+from mycroft import serde, wire
 from mycroft.data.base import LabeledData
 from mycroft.v1 import owner_pb2 as pb
 from mycroft.v1 import owner_pb2_grpc as pb_grpc
@@ -31,6 +31,11 @@ TOKENS = {
     "dave": "dave-token-0123456789ab",
 }
 CAPS = {"alice": 1000, "bob": 1000, "carol": 12, "dave": 0}
+
+
+def request_chunks(request: pb.SelectRequest) -> Iterator[pb.SelectRequestChunk]:
+    """Select's request stream for `request`, as every client sends it."""
+    return serde.select_request_chunks(request.SerializeToString())
 
 
 def digits_data(split: str = "train") -> LabeledData:
@@ -63,12 +68,12 @@ TRAINER_MODEL = {"gate": "topk", **TINY_SIZES, "expert_hidden": 16}
 def trainer_toml_head(run_id: str) -> str:
     """The [trainer], [data] (train.npz and test.npz beside the config) and [model]
     (TRAINER_MODEL) tables of an end-to-end run's trainer config."""
-    model = "".join(f"{k} = {json.dumps(v)}\n" for k, v in TRAINER_MODEL.items())
-    return (
-        f'[trainer]\nid = "t1"\nrun_dir = "run"\nrun_id = "{run_id}"\n\n'
-        '[data]\ntrain = "train.npz"\ntest = "test.npz"\nval_fraction = 0.4\n\n'
-        f"[model]\n{model}"
-    )
+    head = {
+        "trainer": {"id": "t1", "run_dir": "run", "run_id": run_id},
+        "data": {"train": "train.npz", "test": "test.npz", "val_fraction": 0.4},
+        "model": TRAINER_MODEL,
+    }
+    return tomli_w.dumps(head)
 
 
 def tiny_model_bytes(data: LabeledData, seed: int = 0, **sizes: int) -> bytes:
@@ -212,7 +217,9 @@ class OwnerClient:
         feats, labels, ids, scores = [], [], [], []
         summary = None
         n_chunks = 0
-        for msg in self.stub.Select(request, metadata=self.metadata, timeout=timeout):
+        for msg in self.stub.Select(
+            request_chunks(request), metadata=self.metadata, timeout=timeout
+        ):
             if msg.WhichOneof("payload") == "rows":
                 n_chunks += 1
                 r = msg.rows

@@ -16,17 +16,19 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import grpc
 import numpy as np
+import tomli_w
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from helpers_grpc import TOKENS
 
 from mycroft.data import save_npz
 from mycroft.data.base import LabeledData
+from mycroft.files import toml_ready
 
 ROOT = Path(__file__).resolve().parent.parent
 # Loopback clients that pull a stream slowly must really slow the sender: no window growth.
@@ -50,18 +52,6 @@ def synthetic_data(rows: int, dim: int, classes: int, seed: int = 0) -> LabeledD
     )
 
 
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, str):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    if isinstance(value, Sequence):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    raise TypeError(f"cannot write {value!r} as TOML")
-
-
 def write_owner(
     tmp: Path,
     data: LabeledData,
@@ -70,20 +60,15 @@ def write_owner(
 ) -> Path:
     """owner.toml + data.npz in `tmp`; `trainers` maps test trainer names to caps."""
     save_npz(data, tmp / "data.npz")
-    tables: dict[str, dict[str, Any]] = {
+    tables: dict[str, Any] = {
         "owner": {"name": "proc-owner", "listen": "127.0.0.1:0", "state_dir": "state"},
         "data": {"source": "npz", "path": "data.npz"},
     }
     for name, table in sections.items():
         tables[name] = {**tables.get(name, {}), **table}
-    lines: list[str] = []
-    for name, table in tables.items():
-        lines.append(f"[{name}]")
-        lines.extend(f"{k} = {_toml_value(v)}" for k, v in table.items())
-    for tid, cap in trainers.items():
-        lines += ["[[trainers]]", f'id = "{tid}"', f'token = "{TOKENS[tid]}"', f"cap = {cap}"]
+    tables["trainers"] = [{"id": t, "token": TOKENS[t], "cap": cap} for t, cap in trainers.items()]
     path = tmp / "owner.toml"
-    path.write_text("\n".join(lines) + "\n")
+    path.write_text(tomli_w.dumps(toml_ready(tables)))  # None values: not set
     return path
 
 

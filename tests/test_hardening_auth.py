@@ -6,7 +6,6 @@ the owner's ledger (audit table, requests, revealed rows) stays empty for every 
 
 from __future__ import annotations
 
-import shutil
 import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -14,23 +13,21 @@ from pathlib import Path
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from helpers_certs import write_ca, write_leaf
 from helpers_grpc import (
     CAPS,
     TOKENS,
     OwnerClient,
     owner_config,
     raw_request,
+    request_chunks,
     running_owner,
 )
-from test_owner_tls import _key_and_csr, _openssl, _sign, certs  # noqa: F401 - certs: fixture
+from test_owner_tls import certs  # noqa: F401 - certs: fixture
 
 from moe.io import model_sha256
 from mycroft.v1 import owner_pb2 as pb
 from owner_node.server import OwnerServer
-
-needs_openssl = pytest.mark.skipif(
-    shutil.which("openssl") is None, reason="openssl is not installed: cannot make test certs"
-)
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +47,7 @@ def _every_rpc(client: OwnerClient, data, model: bytes) -> dict[str, Callable[[]
 
     def select() -> object:
         for msg in client.stub.Select(
-            _select_request(data, "auth-1"), metadata=client.metadata, timeout=20
+            request_chunks(_select_request(data, "auth-1")), metadata=client.metadata, timeout=20
         ):
             if msg.WhichOneof("payload") == "rows":
                 rows.append(len(msg.rows.labels.data))
@@ -139,13 +136,7 @@ def test_a_trainer_cannot_read_another_trainers_ledger_or_budget(tmp_path, data)
 def rogue_ca(tmp_path_factory) -> Path:
     """Another CA, and a client certificate it signs claiming the CN of a configured trainer."""
     d = tmp_path_factory.mktemp("rogue")
-    _openssl("ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", "ca.key", cwd=d)
-    _openssl(
-        "req", "-x509", "-new", "-key", "ca.key", "-out", "ca.crt", "-days", "2",
-        "-subj", "/CN=mycroft-test-ca", cwd=d,
-    )  # fmt: skip
-    _key_and_csr(d, "alice", "alice")
-    _sign(d, "alice", "extendedKeyUsage=clientAuth")
+    write_leaf(d, write_ca(d), "alice", "alice")
     return d
 
 
@@ -158,7 +149,6 @@ def _mtls_channel(ca: Path, client_dir: Path | None, port: int) -> grpc.Channel:
     return grpc.secure_channel(f"localhost:{port}", creds)
 
 
-@needs_openssl
 def test_mutual_tls_refuses_foreign_certificates_and_mismatched_tokens(
     tmp_path,
     certs,  # noqa: F811 - the fixture imported above

@@ -7,7 +7,6 @@ gRPC log line around it; these tests start real processes on loopback where that
 from __future__ import annotations
 
 import json
-import shutil
 import socket
 import subprocess
 import sys
@@ -162,26 +161,20 @@ def test_a_state_dir_that_cannot_be_made_is_one_line(tmp_path):
     assert line == f"mycroft: error: owner.state_dir: cannot create {config}/state: Not a directory"
 
 
-def _self_signed(directory: Path, name: str) -> tuple[Path, Path]:
-    cert, key = directory / f"{name}.crt", directory / f"{name}.key"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"]
-        + ["-nodes", "-keyout", str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=x"],
-        check=True,
-        capture_output=True,
-    )
-    return cert, key
+def _certificate(directory: Path, name: str) -> tuple[Path, Path]:
+    from helpers_certs import write_ca, write_leaf
+
+    return write_leaf(directory, write_ca(directory), name, "x")
 
 
-@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl makes the test certificates")
 @pytest.mark.parametrize("broken", ["cert", "key"])
 def test_unusable_tls_files_are_one_line_naming_the_file(tmp_path, broken):
-    cert, key = _self_signed(tmp_path, "owner")
+    cert, key = _certificate(tmp_path, "owner")
     if broken == "cert":
         cert.write_text("not a certificate\n")
         message = f"tls.cert: {cert} holds no valid PEM certificate"
     else:
-        _, key = _self_signed(tmp_path, "other")  # a valid key, of another certificate
+        _, key = _certificate(tmp_path, "other")  # a valid key, of another certificate
         message = f"tls.key: {key} is not the unencrypted PEM private key of tls.cert"
     tls = f'[tls]\ncert = "{cert}"\nkey = "{key}"\n'
     config = _write_owner_toml(tmp_path / "owner.toml", "127.0.0.1:0", tail=tls)

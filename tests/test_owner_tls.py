@@ -1,83 +1,24 @@
-"""TLS and mutual TLS: certificates made in the test with openssl (skipped without it)."""
+"""TLS and mutual TLS, with certificates made in the test by trustme (helpers_certs)."""
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 from pathlib import Path
 
 import grpc
 import pytest
-from helpers_grpc import OwnerClient, digits_data, owner_config, running_owner, status_of
-
-pytestmark = pytest.mark.skipif(
-    shutil.which("openssl") is None, reason="openssl is not installed: cannot make test certs"
-)
-
-
-def _openssl(*args: str, cwd: Path) -> None:
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
-
-
-def _key_and_csr(d: Path, name: str, cn: str) -> None:
-    _openssl("ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", f"{name}.key", cwd=d)
-    _openssl(
-        "req", "-new", "-key", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={cn}", cwd=d
-    )
-
-
-def _sign(d: Path, name: str, ext: str) -> None:
-    (d / f"{name}.ext").write_text(ext + "\n")
-    _openssl(
-        "x509",
-        "-req",
-        "-in",
-        f"{name}.csr",
-        "-CA",
-        "ca.crt",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-out",
-        f"{name}.crt",
-        "-days",
-        "2",
-        "-sha256",
-        "-extfile",
-        f"{name}.ext",
-        cwd=d,
-    )
+from helpers_certs import write_ca, write_leaf, write_pki
+from helpers_grpc import TOKENS, OwnerClient, digits_data, owner_config, running_owner, status_of
 
 
 @pytest.fixture(scope="module")
 def certs(tmp_path_factory) -> Path:
-    d = tmp_path_factory.mktemp("certs")
-    _openssl("ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", "ca.key", cwd=d)
-    _openssl(
-        "req",
-        "-x509",
-        "-new",
-        "-key",
-        "ca.key",
-        "-out",
-        "ca.crt",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=mycroft-test-ca",
-        cwd=d,
-    )
-    _key_and_csr(d, "owner", "localhost")
-    _sign(d, "owner", "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth")
-    for name in ("alice", "mallory"):
-        _key_and_csr(d, name, name)
-        _sign(d, name, "extendedKeyUsage=clientAuth")
-    return d
+    """ca.crt, owner.crt/.key, and client certificates for alice and mallory."""
+    return write_pki(tmp_path_factory.mktemp("certs"), {"alice": "alice", "mallory": "mallory"})
 
 
-def _channel(certs: Path, port: int, client: str | None) -> grpc.Channel:
+def _channel(certs: Path, port: int, client: str | None, ca: Path | None = None) -> grpc.Channel:
     creds = grpc.ssl_channel_credentials(
-        root_certificates=(certs / "ca.crt").read_bytes(),
+        root_certificates=((ca or certs) / "ca.crt").read_bytes(),
         private_key=(certs / f"{client}.key").read_bytes() if client else None,
         certificate_chain=(certs / f"{client}.crt").read_bytes() if client else None,
     )
@@ -113,3 +54,42 @@ def test_server_tls_with_bearer_tokens(tmp_path, certs):
             with pytest.raises(grpc.RpcError) as e:
                 OwnerClient(ch, None).describe()
             assert status_of(e)[0] == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_client_refuses_an_owner_certificate_from_another_ca(tmp_path, certs):
+    other = tmp_path / "other"
+    other.mkdir()
+    write_ca(other)
+    tls = {"cert": str(certs / "owner.crt"), "key": str(certs / "owner.key")}
+    with running_owner(owner_config(tmp_path, tls=tls), digits_data()) as (_, port):
+        with _channel(certs, port, None, ca=other) as ch:  # trusts only the other CA
+            with pytest.raises(grpc.RpcError) as e:
+                OwnerClient.of(ch, "bob").describe()
+            assert status_of(e)[0] == grpc.StatusCode.UNAVAILABLE
+
+
+def test_trainer_checks_the_configured_server_name(tmp_path, certs):
+    """An owner reached by address whose certificate names a host: `server_name` says which."""
+    from trainer_node.client import OwnerClient as TrainerClient
+    from trainer_node.client import OwnerError
+    from trainer_node.config import ClientSettings, OwnerEndpoint, TlsSettings
+
+    cert, key = write_leaf(tmp_path, write_ca(tmp_path), "named", "owner.internal")
+    tls = {"cert": str(cert), "key": str(key)}
+    with running_owner(owner_config(tmp_path, tls=tls), digits_data()) as (_, port):
+
+        def describe(server_name: str | None) -> str:
+            endpoint = OwnerEndpoint(
+                name="o1",
+                address=f"127.0.0.1:{port}",
+                token=TOKENS["bob"],
+                tls=TlsSettings(ca_cert=tmp_path / "ca.crt", server_name=server_name),
+                deadline_seconds=10.0,
+            )
+            with TrainerClient(endpoint, ClientSettings(retries=0)) as client:
+                return client.describe().trainer_id
+
+        assert describe("owner.internal") == "bob"
+        with pytest.raises(OwnerError) as e:
+            describe(None)  # 127.0.0.1 is not a name the certificate holds
+        assert e.value.code == "UNAVAILABLE"

@@ -6,6 +6,7 @@ Kept free of training code so the maths can be tested on constructed numbers.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -79,53 +80,29 @@ def _round(x: float) -> float:
     return round(x, 9)
 
 
-def _average_ranks(values: Sequence[float]) -> np.ndarray:
-    """Ranks 1..n with ties given the mean of the ranks they span."""
-    v = np.asarray(values, dtype=np.float64)
-    order = np.argsort(v, kind="mergesort")
-    ranks = np.empty(len(v))
-    i = 0
-    while i < len(v):
-        j = i
-        while j + 1 < len(v) and v[order[j + 1]] == v[order[i]]:
-            j += 1
-        ranks[order[i : j + 1]] = (i + j) / 2 + 1
-        i = j + 1
-    return ranks
+def _correlation(
+    label: str, scipy_name: str, a: Sequence[float], b: Sequence[float]
+) -> float | None:
+    """scipy's rank correlation `scipy_name` (tau-b for kendalltau, average ranks for spearmanr);
+    None where it is undefined: fewer than two pairs, or a side without two distinct values
+    (scipy's nan, which would print as "nan" in every report)."""
+    if len(a) != len(b):
+        raise ValueError(f"{label}: sequences differ in length")
+    if len(a) < 2:
+        return None
+    import scipy.stats
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", scipy.stats.ConstantInputWarning)  # answered as None
+        value = float(getattr(scipy.stats, scipy_name)(a, b).statistic)
+    return None if math.isnan(value) else value
 
 
 def spearman(a: Sequence[float], b: Sequence[float]) -> float | None:
     """Spearman's rho with average ranks; None when undefined (n < 2 or a constant side)."""
-    if len(a) != len(b):
-        raise ValueError("spearman: sequences differ in length")
-    if len(a) < 2:
-        return None
-    ra, rb = _average_ranks(a), _average_ranks(b)
-    ra, rb = ra - ra.mean(), rb - rb.mean()
-    denom = math.sqrt(float((ra**2).sum() * (rb**2).sum()))
-    return None if denom == 0 else float((ra * rb).sum() / denom)
+    return _correlation("spearman", "spearmanr", a, b)
 
 
 def kendall_tau_b(a: Sequence[float], b: Sequence[float]) -> float | None:
     """Kendall's tau-b (tie-corrected); None when undefined."""
-    if len(a) != len(b):
-        raise ValueError("kendall: sequences differ in length")
-    n = len(a)
-    if n < 2:
-        return None
-    concordant = discordant = ties_a = ties_b = 0
-    for i in range(n):
-        for j in range(i + 1, n):
-            da, db = np.sign(a[i] - a[j]), np.sign(b[i] - b[j])
-            if da == 0 and db == 0:
-                continue
-            if da == 0:
-                ties_a += 1
-            elif db == 0:
-                ties_b += 1
-            elif da == db:
-                concordant += 1
-            else:
-                discordant += 1
-    denom = math.sqrt((concordant + discordant + ties_a) * (concordant + discordant + ties_b))
-    return None if denom == 0 else (concordant - discordant) / denom
+    return _correlation("kendall", "kendalltau", a, b)
