@@ -18,11 +18,20 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import jinja2
 import pytest
+from markupsafe import escape
 from PIL import Image
 
 from mycroft.cli import main as cli_main
-from trainer_node.html_report import render_html, render_report_file, write_html
+from trainer_node.html_common import render
+from trainer_node.html_report import (
+    TEMPLATE,
+    page_context,
+    render_html,
+    render_report_file,
+    write_html,
+)
 from trainer_node.report import validate_report
 from trainer_node.verdict import compute_verdict, primary_results
 
@@ -125,8 +134,73 @@ def test_strings_from_the_network_are_escaped(real_report: dict[str, Any], tmp_p
     page = write_html(r, tmp_path / "evil.html").read_text(encoding="utf-8")
     assert "<b>x</b>" not in page and "<img src=x" not in page
     assert "&lt;b&gt;x&lt;/b&gt;$y&amp;" in page
-    assert "&lt;img src=x onerror=&quot;alert(1)&quot;&gt; &amp; &quot;quoted&quot;" in page
+    assert escape('<img src=x onerror="alert(1)"> & "quoted"') in page
     assert _ranking_owners(page)[0] == evil  # the parser unescapes: the name round-trips
+
+
+def _renamed(obj: Any, old: str, new: str) -> Any:
+    """`obj` with every string value and key equal to `old` replaced: a name as a hostile owner
+    or data set would have sent it in the first place."""
+    if isinstance(obj, dict):
+        return {(new if k == old else k): _renamed(v, old, new) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_renamed(v, old, new) for v in obj]
+    return new if obj == old else obj
+
+
+def _section(page: str, element_id: str) -> str:
+    """The page from the element with `element_id` to the end of its table or box, or for a
+    heading to the next heading."""
+    start = page.index(f'id="{element_id}"')
+    if element_id.endswith("-table"):
+        end = "</table>"
+    else:
+        end = "</section>" if element_id in ("verdict", "versus-random") else "<h2"
+    stop = page.find(end, start + 1)
+    return page[start : stop if stop >= 0 else len(page)]
+
+
+def test_hostile_names_and_messages_are_text_in_every_section(
+    real_report: dict[str, Any],
+) -> None:
+    r, collapsed, _ = _decision_report(real_report)  # `rich`'s rows harm class `collapsed`
+    owner = '<script>alert("owner")</script>"onmouseover=alert(1) x=$'
+    r = _renamed(r, "rich", owner)
+    for name in list(r["class_names"]):
+        r = _renamed(r, name, f'<script>alert("{name}")</script>"onmouseover=c{name}')
+    harmed = f'<script>alert("{collapsed}")</script>"onmouseover=c{collapsed}'
+    hard = r["dhard"]["classes"][0]  # in the run facts and `useless`'s missing classes
+    failure = '<script>alert("error")</script>"onmouseover=alert(3)'
+    next(o for o in r["owners"] if o["status"] == "failed")["error"] = failure
+    r["warnings"] = [f"{hard} has too few rows"]
+    page = render_html(r)
+
+    assert "<script" not in page and '"onmouseover=' not in page
+    where = {
+        owner: ["verdict", "versus-random", "ranking-table", "budget-table", "agreement"],
+        harmed: ["verdict"],
+        hard: ["verdict", "run", "budget-table"],
+        failure: ["verdict", "failures-table"],
+    }
+    for text, element_ids in where.items():
+        for element_id in element_ids:
+            assert str(escape(text)) in _section(page, element_id), (text, element_id)
+    assert _ranking_owners(page)[0] == owner  # escaped once, not twice: it reads back whole
+    assert f'<b class="owner-name">{escape(owner)}</b>' in page  # the box still marks names up
+
+
+def test_a_value_missing_from_the_page_is_an_error_not_an_empty_cell(
+    real_report: dict[str, Any],
+) -> None:
+    context = page_context(copy.deepcopy(real_report))
+    assert render(TEMPLATE, **context) == render_html(real_report)
+    missing_top = {k: v for k, v in context.items() if k != "run_id"}
+    with pytest.raises(jinja2.UndefinedError, match="run_id"):
+        render(TEMPLATE, **missing_top)
+    row = context["ranking"]["ranked"][0]
+    del row["note"]
+    with pytest.raises(jinja2.UndefinedError, match="note"):
+        render(TEMPLATE, **context)
 
 
 def test_report_without_ranked_owners_still_renders(real_report: dict[str, Any]) -> None:
