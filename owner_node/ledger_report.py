@@ -40,17 +40,19 @@ def ledger_view(config_path: str, trainer: str | None = None) -> list[dict[str, 
         db, {t.id: t.cap for t in config.trainers}, {t.id: t.queries for t in config.trainers}
     )
     try:
-        return [
-            {
-                "trainer": t,
-                "budget": asdict(ledger.budget(t)),
-                "requests": [asdict(e) for e in ledger.entries(t)],
-                "queries": [asdict(q) for q in ledger.query_log(t)],
-            }
-            for t in trainers
-        ]
+        return [trainer_ledger(ledger, t) for t in trainers]
     finally:
         ledger.close()
+
+
+def trainer_ledger(ledger: Ledger, trainer: str) -> dict[str, Any]:
+    """One trainer's budget, and the requests and queries it made, oldest first."""
+    return {
+        "trainer": trainer,
+        "budget": asdict(ledger.budget(trainer)),
+        "requests": [asdict(e) for e in ledger.entries(trainer)],
+        "queries": [asdict(q) for q in ledger.query_log(trainer)],
+    }
 
 
 def inspect_ledger(config_path: str, trainer: str | None = None, as_json: bool = False) -> int:
