@@ -1,6 +1,10 @@
-# One image for every Mycroft role: `mycroft owner serve`, `mycroft trainer run`,
-# `mycroft simulate`. Build: docker build -t mycroft .
-FROM python:3.11-slim-bookworm
+# Two images from one file, sharing every layer up to the Python packages:
+#   docker build -t mycroft .                              # `full` (the default, last stage): every
+#                                                          # role, Parquet sources, the Ray backend
+#   docker build --target owner -t mycroft-owner .         # what an owner runs: `mycroft owner ...`
+# The owner image leaves out Ray (the trainer's optional compute backend) and the demo's
+# Fashion-MNIST package; it keeps Parquet, since owners serve tables.
+FROM python:3.11-slim-bookworm AS base
 
 # The CPU-only PyTorch wheel index: the default PyPI build drags in several GB of CUDA.
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
@@ -10,13 +14,15 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
-# Fashion-MNIST (Debian's package) for the demo; openssl for the dev certificate script.
+# openssl for the dev certificate script.
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends dataset-fashion-mnist openssl \
+    && apt-get install -y --no-install-recommends openssl \
     && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /app
-RUN pip install torch==2.13.0 --index-url "${TORCH_INDEX_URL}"
+# torch first, from its pin (constraints/torch.txt), so nothing else picks a build.
+COPY constraints ./constraints
+RUN pip install -r constraints/torch.txt --index-url "${TORCH_INDEX_URL}"
 
 COPY pyproject.toml README.md ./
 COPY proto ./proto
@@ -26,7 +32,6 @@ COPY selection ./selection
 COPY owner_node ./owner_node
 COPY trainer_node ./trainer_node
 COPY scripts ./scripts
-RUN pip install .
 
 # Non-root: the owner guards private data. Its state (ledger, uploaded models, cached
 # embeddings) belongs in the /state volume: set `state_dir = "/state"` in the owner's config.
@@ -38,9 +43,21 @@ RUN useradd --create-home --uid 10001 mycroft \
 # Any uid may run the image, so nothing may need a writable home: matplotlib (the trainer's
 # report charts) keeps its cache in /tmp.
 ENV MPLCONFIGDIR=/tmp/matplotlib
-USER mycroft
 VOLUME ["/state"]
 EXPOSE 50051
-
 ENTRYPOINT ["mycroft"]
 CMD ["--help"]
+
+
+FROM base AS owner
+RUN pip install -c constraints/torch.txt '.[parquet]'
+USER mycroft
+
+
+FROM base AS full
+# Fashion-MNIST (Debian's package) for the demo scenarios.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends dataset-fashion-mnist \
+    && rm -rf /var/lib/apt/lists/*
+RUN pip install -c constraints/torch.txt '.[parquet,ray]'
+USER mycroft

@@ -4,19 +4,36 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
+# The minimum-versions venv: every dependency at the lower bound pyproject.toml declares.
+VENV_MIN := .venv-min
+STAMP_MIN := $(VENV_MIN)/.installed
+TORCH_PIN := constraints/torch.txt
 
-.PHONY: venv test test-all lint format proto demo example example-owner example-trainer example-csv-owner example-csv-trainer bench-moe bench-quality bench-speed bench-transfer bench-load bench-scale bench clean
+.PHONY: venv venv-min test test-all test-minimum lint format proto demo example example-owner example-trainer example-csv-owner example-csv-trainer bench-moe bench-quality bench-speed bench-transfer bench-load bench-scale bench clean
 
-$(STAMP): pyproject.toml
-	$(PY) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip setuptools wheel
-	# torch is pinned and installed first so nothing pulls a CUDA build.
-	$(BIN)/pip install -q torch==2.13.0
-	# ray: the optional Ray compute backend, installed so its tests run
-	$(BIN)/pip install -q -e '.[test,ray]'
+# $(1): the venv folder. torch is pinned and installed first so nothing pulls a CUDA build.
+define make_venv
+	$(PY) -m venv $(1)
+	$(1)/bin/pip install -q --upgrade pip setuptools wheel
+	$(1)/bin/pip install -q -r $(TORCH_PIN)
+endef
+
+$(STAMP): pyproject.toml $(TORCH_PIN)
+	$(call make_venv,$(VENV))
+	# dev: the tests, grpcio-tools at the pin the generated code was made with, ruff; parquet and
+	# ray so the tests of those extras run too.
+	$(BIN)/pip install -q -c $(TORCH_PIN) -e '.[dev]'
 	touch $(STAMP)
 
+$(STAMP_MIN): pyproject.toml constraints/minimum.txt
+	rm -rf $(VENV_MIN)
+	$(call make_venv,$(VENV_MIN))
+	$(VENV_MIN)/bin/pip install -q -c constraints/minimum.txt -e '.[test,parquet,ray]'
+	touch $(STAMP_MIN)
+
 venv: $(STAMP)
+
+venv-min: $(STAMP_MIN)
 
 proto: $(STAMP)
 	$(BIN)/python scripts/gen_proto.py
@@ -26,6 +43,11 @@ test: $(STAMP)
 
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+# The declared lower bounds, proven: the fast tests in a venv resolving constraints/minimum.txt.
+# An editable install, so it tests this working tree; it never touches .venv.
+test-minimum: $(STAMP_MIN)
+	$(VENV_MIN)/bin/python -m pytest -q -m "not slow" -p no:cacheprovider $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -82,4 +104,4 @@ bench-scale: $(STAMP)
 bench: bench-moe bench-quality bench-speed bench-transfer bench-load bench-scale
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache runs
+	rm -rf $(VENV) $(VENV_MIN) build *.egg-info .pytest_cache runs

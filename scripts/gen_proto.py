@@ -10,6 +10,7 @@ import argparse
 import filecmp
 import sys
 import tempfile
+from importlib.metadata import version
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -18,7 +19,13 @@ OUT = ROOT  # package mycroft.v1 -> mycroft/v1/
 
 
 def generate(out_dir: Path) -> list[Path]:
-    from grpc_tools import protoc
+    try:
+        from grpc_tools import protoc
+    except ModuleNotFoundError:
+        raise SystemExit(
+            "grpcio-tools is not installed: pip install -e '.[dev]' (it pins the version "
+            "the committed code was generated with)"
+        ) from None
 
     protos = sorted(PROTO_ROOT.rglob("*.proto"))
     args = [
@@ -60,6 +67,8 @@ def main() -> int:
         ]
     if stale:
         print("generated code is out of step with proto/; run `make proto`:", *stale, sep="\n  ")
+        # The files embed the generator's version, so another grpcio-tools alone makes them stale.
+        print(f"(made here with grpcio-tools {version('grpcio-tools')}; .[dev] pins the right one)")
         return 1
     return 0
 
