@@ -11,7 +11,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from mycroft import __version__
+from mycroft import __version__, logs
 from mycroft.errors import MycroftError
 
 log = logging.getLogger("mycroft")
@@ -72,6 +72,12 @@ def _verbosity_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
         "-q", "--quiet", action="store_true", default=default, help="errors only, no progress"
     )
     group.add_argument("-v", "--verbose", action="store_true", default=default, help="debug logs")
+    parser.add_argument(
+        "--log-format",
+        choices=logs.FORMATS,
+        default=argparse.SUPPRESS if suppress else None,
+        help=f"log lines as text or one JSON object each (default: ${logs.ENV_VAR}, else text)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -175,9 +181,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def configure_logging(quiet: bool, verbose: bool) -> None:
+def configure_logging(quiet: bool, verbose: bool, log_format: str | None = None) -> None:
+    """Level and format (`mycroft.logs`) for every command; ConfigError for a bad format."""
     level = logging.ERROR if quiet else logging.DEBUG if verbose else logging.INFO
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.configure(level, log_format)
     if not verbose:  # faiss logs each CPU-specific build it probes for and does not find
         logging.getLogger("faiss").setLevel(logging.WARNING)
     # Progress bars follow the same switch (see mycroft.progress).
@@ -188,11 +195,11 @@ def configure_logging(quiet: bool, verbose: bool) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    configure_logging(args.quiet, args.verbose)
     try:
+        configure_logging(args.quiet, args.verbose, args.log_format)
         return int(args.func(args) or 0)
     except MycroftError as err:
-        print(f"mycroft: error: {err}", file=sys.stderr)
+        logs.report_error(str(err))
         return 2
     except KeyboardInterrupt:
         print("mycroft: interrupted", file=sys.stderr)

@@ -30,6 +30,8 @@ from typing import TYPE_CHECKING, Any
 import tomli_w
 
 from mycroft.errors import ConfigError, MycroftError
+from mycroft.files import toml_ready
+from mycroft.logs import child_environment
 from mycroft.scenario import Scenario, ScenarioData, build, load_scenario
 
 if TYPE_CHECKING:
@@ -65,16 +67,6 @@ class SimulationPlan:
     # The trainer's config as TOML-ready values: re-validated with the owners' real addresses
     # when they are known only once the owners run (Ray actors on a cluster).
     trainer_raw: dict[str, Any] = field(default_factory=dict)
-
-
-def _plain(value: Any) -> Any:
-    """A config built in memory as TOML-ready values: paths as text, None ("not set": TOML
-    has no null) left out."""
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items() if v is not None}
-    if isinstance(value, list):
-        return [_plain(v) for v in value]
-    return str(value) if isinstance(value, Path) else value
 
 
 def _free_port() -> int:
@@ -189,7 +181,7 @@ def prepare(
                 "client_cert": certs / f"{TRAINER_ID}.pem",
                 "client_key": certs / f"{TRAINER_ID}.key",
             }
-        _write_private(config, tomli_w.dumps(_plain(tables)))
+        _write_private(config, tomli_w.dumps(toml_ready(tables)))
         plans.append(OwnerPlan(name=name, host=host, port=port, config=config, rows=rows))
         trainer_owners.append(entry)
 
@@ -227,7 +219,7 @@ def prepare(
     if compute_backend is not None:
         trainer["compute"] = {"backend": compute_backend}
     # What a trainer.toml holds, validated as the trainer validates its file.
-    raw = _plain(trainer)
+    raw = toml_ready(trainer)
     trainer_path = run_dir / "trainer.toml" if write_trainer else None
     config = parse_config(raw, base_dir=run_dir, config_path=trainer_path)
     if trainer_path is not None:
@@ -306,7 +298,10 @@ def process_owners(plan: SimulationPlan, startup_timeout: float = 120.0) -> Iter
                 cmd = [sys.executable, "-m", "mycroft", "owner", "serve", "--config"]
                 procs.append(
                     subprocess.Popen(
-                        [*cmd, str(owner.config)], stdout=out, stderr=subprocess.STDOUT
+                        [*cmd, str(owner.config)],
+                        stdout=out,
+                        stderr=subprocess.STDOUT,
+                        env=child_environment(),  # owners log in this process's format
                     )
                 )
         for owner, proc in zip(plan.owners, procs, strict=True):

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
+from mycroft import logs
+from mycroft.errors import MycroftError
 from owner_node.server import run_owner
 
 
@@ -17,10 +18,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"]
     )
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    parser.add_argument(
+        "--log-format",
+        choices=logs.FORMATS,
+        help=f"text or JSON lines (default: ${logs.ENV_VAR}, else text)",
     )
+    args = parser.parse_args(argv)
+    try:
+        logs.configure(args.log_level, args.log_format)
+    except MycroftError as e:
+        logs.report_error(str(e))
+        return 2
     return run_owner(args.config)
 
 

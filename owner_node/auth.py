@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import grpc
 
+from mycroft import logs
 from owner_node.config import TrainerGrant
 from owner_node.errors import PermissionDenied, Unauthenticated
 
@@ -33,6 +34,11 @@ class Authenticator:
         self._by_cn = {t.cert_cn: t.id for t in trainers if t.cert_cn}
 
     def identify(self, context: grpc.ServicerContext) -> Caller:
+        caller = self._identify(context)
+        logs.bind(trainer_id=caller.trainer_id)  # the rest of this call's log lines name it
+        return caller
+
+    def _identify(self, context: grpc.ServicerContext) -> Caller:
         token = _bearer_token(context.invocation_metadata() or ())
         by_token = self._match_token(token) if token is not None else None
         if token is not None and by_token is None:

@@ -54,6 +54,15 @@ class ByteLRU(Generic[K, V]):
             snapshot = [(k, v) for k, (v, _) in self._items.items()]
         return iter(snapshot)
 
+    def totals_by(self, group: Callable[[K], str]) -> dict[str, tuple[int, int]]:
+        """(entries, bytes) per `group(key)`: what the cache holds, read when scraped."""
+        totals: dict[str, tuple[int, int]] = {}
+        with self._lock:
+            for key, (_, nbytes) in self._items.items():
+                count, size = totals.get(group(key), (0, 0))
+                totals[group(key)] = (count + 1, size + nbytes)
+        return totals
+
     def view(self, prefix: tuple) -> PrefixView:
         """Read-only mapping of the entries whose (tuple) key starts with `prefix`."""
         return PrefixView(self, prefix)

@@ -161,7 +161,9 @@ class TlsConfig(ConfigModel):
 
 
 class LimitsSection(ConfigModel):
-    # One gRPC message: they cannot exceed 2 GiB; half of that is plenty.
+    # A Select request (D_hard) as it arrives in chunks: Describe tells trainers this number,
+    # and a larger request is refused (RESOURCE_EXHAUSTED, naming it) before it is read.
+    # A protobuf message cannot exceed 2 GiB; half of that is plenty.
     max_request_bytes: Int = Field(DEFAULT_MAX_REQUEST_BYTES, ge=1, le=GiB)
     max_hard_rows: Int = Field(4096, ge=1, le=1_000_000)  # D_hard rows per Select
     max_embed_dim: Int = Field(4096, ge=1, le=65536)
@@ -213,6 +215,17 @@ class SelectionSection(ConfigModel):
         return self
 
 
+class MetricsSection(ConfigModel):
+    """`[metrics]`: Prometheus metrics over plain HTTP (owner_node/metrics.py lists them).
+
+    Off by default, and on loopback unless `listen` says otherwise: the counts carry no rows,
+    but a non-loopback address shows the owner's traffic to whoever can reach it (put it on a
+    private network or behind a proxy that authenticates)."""
+
+    enabled: Bool = False
+    listen: Address = "127.0.0.1:9464"
+
+
 class OwnerConfig(ConfigModel):
     # Declared in the order problems are reported: [budget] and [tls] before the trainers
     # that read them.
@@ -226,6 +239,7 @@ class OwnerConfig(ConfigModel):
     selection: SelectionSection = SelectionSection()
     compute: ComputeSection = ComputeSection()
     models: AdmissionPolicy = AdmissionPolicy()  # [models] admission
+    metrics: MetricsSection = MetricsSection()
     _base_dir: Path | None = PrivateAttr(None)
 
     @property

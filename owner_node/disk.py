@@ -90,6 +90,13 @@ class DiskQuota:
     def _usage(self, tkey: str | None) -> int:
         return sum(e.bytes for k, e in self._entries.items() if tkey is None or k[0] == tkey)
 
+    def totals(self) -> tuple[int, int, int]:
+        """(model files, their bytes, embedding files' bytes) on disk, for the metrics."""
+        with self._lock:
+            models = [e.model_bytes for e in self._entries.values() if e.model_bytes]
+            embeddings = sum(sum(e.embeddings.values()) for e in self._entries.values())
+        return len(models), sum(models), embeddings
+
     def touch(self, tkey: str, sha: str) -> None:
         """Mark a model used now (every get and upload); persisted as the file's mtime so the
         order survives a restart."""

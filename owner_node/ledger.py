@@ -23,11 +23,11 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mycroft.messages import Allowance, LedgerEntry
+from mycroft.messages import Allowance
 from owner_node.config import DEFAULT_QUERIES
 from owner_node.errors import (
     BudgetExhausted,
@@ -47,6 +47,10 @@ from owner_node.ledger_db import (
     json_ids,
     migrate,
 )
+from owner_node.ledger_history import LedgerHistory
+
+if TYPE_CHECKING:
+    from owner_node.metrics import OwnerMetrics
 
 __all__ = [
     "AuditRecord",
@@ -68,7 +72,7 @@ def request_fingerprint(*parts: bytes | str) -> str:
     return h.hexdigest()
 
 
-class Ledger:
+class Ledger(LedgerHistory):
     """Thread-safe: one connection guarded by a lock (charges are short; SQLite serialises
     writers anyway). Several processes may share the file: BEGIN IMMEDIATE + busy timeout."""
 
@@ -77,8 +81,11 @@ class Ledger:
         path: str | Path,
         caps: Mapping[str, int],
         queries: Mapping[str, int] | None = None,
+        metrics: OwnerMetrics | None = None,
     ):
+        """`metrics` counts queries, charges and refusals once each committed."""
         self.path = Path(path)
+        self.metrics = metrics
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         self._db = connect(str(self.path))
@@ -165,9 +172,15 @@ class Ledger:
                 (trainer, request_id),
             ).fetchone()
             if past is not None:
-                _check_same(request_id, PastRequest(*past[:3]), method, asked, fingerprint)
+                try:
+                    _check_same(request_id, PastRequest(*past[:3]), method, asked, fingerprint)
+                except RequestConflict:
+                    self._count(method, "refused")
+                    raise
+                replayed = np.frombuffer(past[3], dtype="<i8").astype(np.int64)
+                self._count(method, "replayed", rows_sent=len(replayed))  # nothing to commit
                 return ChargeResult(
-                    row_ids=np.frombuffer(past[3], dtype="<i8").astype(np.int64),
+                    row_ids=replayed,
                     scores=np.frombuffer(past[4], dtype="<f4").astype(np.float32),
                     new_rows=0,
                     cut=0,
@@ -183,6 +196,7 @@ class Ledger:
             new_count = int(kept_new.sum())
             cut = int(is_new.sum()) - new_count
             if not keep.any() and len(ids) > 0 and state.left == 0:
+                self._count(method, "refused")
                 raise BudgetExhausted(
                     f"trainer {trainer!r} has used its whole budget ({state.cap} rows) and "
                     "none of the selected rows were revealed to it before"
@@ -220,6 +234,7 @@ class Ledger:
                     (trainer, new_count),
                 )
             after = self._budget(trainer)
+        self._count(method, "charged", new_count, len(kept_ids))  # committed
         return ChargeResult(kept_ids, kept_scores, new_count, cut, False, after, note)
 
     def begin_query(
@@ -234,6 +249,19 @@ class Ledger:
         left. A query may reveal at most `grant.rows` rows, so no row is ever cut from an
         answer (a cut would tell the trainer how many unrevealed rows ranked above its rows).
         """
+        try:
+            grant = self._begin_query(trainer, request_id, kind=kind, method=method, rows=rows)
+        except (QueryAllowanceExhausted, BudgetExhausted, Busy):
+            if kind == "select":
+                self._count(method, "refused")
+            raise
+        if self.metrics is not None:
+            self.metrics.query(kind)
+        return grant
+
+    def _begin_query(
+        self, trainer: str, request_id: str, *, kind: str, method: str, rows: int
+    ) -> QueryGrant:
         with self._tx():
             state = self._budget(trainer)
             if state.queries_left == 0:
@@ -290,54 +318,8 @@ class Ledger:
                 "UPDATE query_usage SET used = max(used - 1, 0) WHERE trainer = ?",
                 (grant.trainer,),
             )
-
-    def query_log(self, trainer: str) -> list[QueryRecord]:
-        """The trainer's charged queries, oldest first."""
-        rows = self._oldest_first("request_id, kind, method, ts FROM queries", trainer)
-        return [QueryRecord(r[0], r[1], r[2], float(r[3])) for r in rows]
-
-    def entries(self, trainer: str) -> list[LedgerEntry]:
-        """The trainer's requests, oldest first."""
-        columns = "request_id, method, length(row_ids) / 8, new_rows, ts FROM requests"
-        rows = self._oldest_first(columns, trainer)
-        return [LedgerEntry(r[0], r[1], int(r[2]), int(r[3]), float(r[4])) for r in rows]
-
-    def _oldest_first(self, columns_from: str, trainer: str) -> list[tuple[Any, ...]]:
-        """`SELECT columns_from` for `trainer`, oldest first (rowid orders equal timestamps)."""
-        with self._lock:
-            return self._db.execute(
-                f"SELECT {columns_from} WHERE trainer = ? ORDER BY ts, rowid", (trainer,)
-            ).fetchall()
-
-    def audit(self, trainer: str) -> list[AuditRecord]:
-        """Every row sent to `trainer` (including re-sends), in the order sent.
-
-        Expanded from `requests` (commit order): a row is `new` for the request that `revealed`
-        names as its first revealer. Replays send no new rows and are not recorded again.
-        """
-        with self._lock:
-            requests = self._db.execute(
-                "SELECT ts, request_id, method, row_ids FROM requests WHERE trainer = ? "
-                "ORDER BY rowid",
-                (trainer,),
-            ).fetchall()
-            first: dict[int, str] = dict(
-                self._db.execute(
-                    "SELECT row_id, request_id FROM revealed WHERE trainer = ?", (trainer,)
-                ).fetchall()
-            )
-        return [
-            AuditRecord(float(ts), request_id, method, rid, first.get(rid) == request_id)
-            for ts, request_id, method, blob in requests
-            for rid in np.frombuffer(blob, dtype="<i8").tolist()
-        ]
-
-    def revealed(self, trainer: str) -> set[int]:
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT row_id FROM revealed WHERE trainer = ?", (trainer,)
-            ).fetchall()
-        return {int(r[0]) for r in rows}
+        if self.metrics is not None:
+            self.metrics.query_refunded()
 
     def revealed_among(self, trainer: str, ids: np.ndarray) -> np.ndarray:
         """The ids of `ids` that were revealed to `trainer` before, in their order."""
@@ -350,6 +332,10 @@ class Ledger:
             self._db.close()
 
     # --- internals; callers hold the lock ---
+
+    def _count(self, method: str, outcome: str, new_rows: int = 0, rows_sent: int = 0) -> None:
+        if self.metrics is not None:
+            self.metrics.selection(method, outcome, new_rows, rows_sent)
 
     def _tx(self) -> Transaction:
         return Transaction(self._db, self._lock)

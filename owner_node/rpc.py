@@ -15,18 +15,23 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import CancelledError, Future
 from concurrent.futures import TimeoutError as FutureTimeout
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 from google.protobuf.message import DecodeError
 
+from mycroft import logs
 from mycroft.errors import DataError, InvalidRequest, ModelFileError, MycroftError
 from mycroft.v1 import owner_pb2 as pb
 from owner_node import errors
 from owner_node.watchdog import Watchdog
 
+if TYPE_CHECKING:
+    from owner_node.metrics import OwnerMetrics
+
 log = logging.getLogger("owner_node.service")
 T = TypeVar("T")
+SERVICE = pb.DESCRIPTOR.services_by_name["DataOwner"].full_name  # "mycroft.v1.DataOwner"
 
 
 class Deadline(MycroftError):
@@ -46,6 +51,7 @@ STATUS: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
     (errors.BudgetExhausted, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (errors.QueryAllowanceExhausted, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (errors.DiskQuotaExceeded, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (errors.RequestTooLarge, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (errors.Busy, grpc.StatusCode.UNAVAILABLE),
     (errors.StreamStalled, grpc.StatusCode.CANCELLED),
     (errors.SelectionFailed, grpc.StatusCode.INTERNAL),
@@ -112,14 +118,89 @@ def add_servicer(
         )
         for name, (streaming, request_cls, response_cls) in kinds.items()
     }
-    handlers["Select"] = grpc.unary_stream_rpc_method_handler(
+    handlers["Select"] = grpc.stream_stream_rpc_method_handler(
         servicer.Select,
-        request_deserializer=tolerant(pb.SelectRequest),
+        request_deserializer=tolerant(pb.SelectRequestChunk),
         response_serializer=pre_encoded,
     )
-    service = pb.DESCRIPTOR.services_by_name["DataOwner"].full_name
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
-    server.add_registered_method_handlers(service, handlers)
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
+    server.add_registered_method_handlers(SERVICE, handlers)
+
+
+class CallObserver(grpc.ServerInterceptor):
+    """Every call: the owner's name on its log lines (`mycroft.logs`; gRPC runs each call,
+    this interceptor included, in a context of its own) and, with `metrics`, each DataOwner
+    call timed and its final status counted (refusals, whichever code path set them)."""
+
+    def __init__(self, owner_name: str, metrics: OwnerMetrics | None = None):
+        self.owner_name = owner_name
+        self.metrics = metrics
+
+    def intercept_service(self, continuation, handler_call_details):
+        logs.bind(owner=self.owner_name)
+        handler = continuation(handler_call_details)
+        service, _, method = handler_call_details.method.lstrip("/").partition("/")
+        if handler is None or self.metrics is None or service != SERVICE:
+            return handler
+        return _timed(handler, method, self.metrics)
+
+
+_HANDLER_KINDS = {  # (request streaming, response streaming) -> (attribute, factory)
+    (False, False): ("unary_unary", grpc.unary_unary_rpc_method_handler),
+    (False, True): ("unary_stream", grpc.unary_stream_rpc_method_handler),
+    (True, False): ("stream_unary", grpc.stream_unary_rpc_method_handler),
+    (True, True): ("stream_stream", grpc.stream_stream_rpc_method_handler),
+}
+
+
+def _timed(handler: grpc.RpcMethodHandler, method: str, metrics: OwnerMetrics):
+    """`handler` with its behavior timed, to the last streamed message, and its code counted."""
+    attribute, factory = _HANDLER_KINDS[(handler.request_streaming, handler.response_streaming)]
+    behavior = getattr(handler, attribute)
+
+    def unary(request, context):
+        started = time.perf_counter()
+        try:
+            response = behavior(request, context)
+        except BaseException:
+            metrics.rpc_ended(method, _code(context, failed=True), time.perf_counter() - started)
+            raise
+        seconds = time.perf_counter() - started
+        metrics.rpc_ended(method, _code(context, failed=False), seconds, response)
+        return response
+
+    def streamed(request, context):
+        started = time.perf_counter()
+        code = grpc.StatusCode.CANCELLED  # closed before its end: the client went away
+        try:
+            yield from behavior(request, context)
+            code = _code(context, failed=False)
+        except GeneratorExit:
+            raise
+        except BaseException:
+            code = _code(context, failed=True)
+            raise
+        finally:
+            metrics.rpc_ended(method, code, time.perf_counter() - started)
+
+    wrapped = streamed if handler.response_streaming else unary
+    # Where a behavior names its own thread pool (the health check's), keep it.
+    pool = getattr(behavior, "experimental_thread_pool", None)
+    wrapped.experimental_thread_pool = pool  # type: ignore[attr-defined]
+    return factory(
+        wrapped,
+        request_deserializer=handler.request_deserializer,
+        response_serializer=handler.response_serializer,
+    )
+
+
+def _code(context: grpc.ServicerContext, failed: bool) -> grpc.StatusCode:
+    """The call's status as it ends: set by `abort`, else OK (UNKNOWN for a raw exception,
+    which is what gRPC answers then)."""
+    code = context.code()
+    if code is not None:
+        return code
+    return grpc.StatusCode.UNKNOWN if failed else grpc.StatusCode.OK
 
 
 class RequestWaits:
@@ -221,6 +302,7 @@ _refusals = _RefusalLog()
 def abort(
     context: grpc.ServicerContext, e: Exception, rpc: str, request_id: str, trainer: str = "-"
 ) -> None:
+    ids = {"trainer_id": trainer, "request_id": request_id}  # JSON log fields ("-": unknown)
     for cls, code in STATUS:
         if isinstance(e, cls):
             folded = _refusals.due(rpc, code)
@@ -229,9 +311,12 @@ def abort(
                 log.info(
                     "%s trainer=%s request=%s -> %s: %s%s",
                     *(rpc, trainer, request_id, code.name, e, more),
+                    extra=ids,
                 )
             context.abort(code, str(e))
-    log.exception("%s trainer=%s request=%s failed unexpectedly", rpc, trainer, request_id)
+    log.exception(
+        "%s trainer=%s request=%s failed unexpectedly", rpc, trainer, request_id, extra=ids
+    )
     context.abort(
         grpc.StatusCode.INTERNAL,
         f"internal error in {rpc} (request {request_id}); the owner's log has details",

@@ -10,6 +10,7 @@ of its own per worker.
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import threading
 from collections import OrderedDict, deque
@@ -58,7 +59,11 @@ class FairScheduler:
                 if release:
                     place.release()
                 raise RuntimeError("the owner is shutting down")
-            self._queues.setdefault(place.trainer, deque()).append((future, lambda: fn(*args)))
+            # The job runs in a copy of the caller's context: its log lines keep the owner,
+            # trainer and request they are for (mycroft.logs).
+            context = contextvars.copy_context()
+            job = (future, lambda: context.run(fn, *args))
+            self._queues.setdefault(place.trainer, deque()).append(job)
             self._cv.notify()
         return future
 

@@ -12,7 +12,6 @@ import logging
 import signal
 import socket
 import ssl
-import sys
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -21,17 +20,20 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health, health_pb2
 
+from mycroft import logs
 from mycroft.addresses import split_address
 from mycroft.data.base import LabeledData
 from mycroft.errors import MycroftError
+from mycroft.protocol import MAX_ANSWER_MESSAGE_BYTES, MAX_REQUEST_MESSAGE_BYTES
 from mycroft.v1 import owner_pb2 as pb
 from owner_node.auth import Authenticator
 from owner_node.config import OwnerConfig, TlsConfig, load_config
 from owner_node.engine import Engine
 from owner_node.health import add_health
 from owner_node.ledger import Ledger
+from owner_node.metrics import MetricsEndpoint, OwnerMetrics
 from owner_node.reflection import add_reflection
-from owner_node.rpc import RequestWaits, add_servicer
+from owner_node.rpc import CallObserver, RequestWaits, add_servicer
 from owner_node.service import OwnerServicer
 from owner_node.watchdog import Watchdog
 
@@ -61,6 +63,7 @@ class OwnerServer:
         port: int,
         health_server: grpc.Server | None,
         closers: list[Callable[[], object]],
+        metrics_port: int | None = None,
     ):
         self._server = server
         self._health_server = health_server  # plaintext loopback probes (own threads)
@@ -69,6 +72,7 @@ class OwnerServer:
         self.ledger = ledger
         self.health = health_servicer
         self.port = port
+        self.metrics_port = metrics_port  # where /metrics is served; None when off
         self._closed = threading.Event()
         self._stop_lock = threading.Lock()
         self._stopping = False
@@ -120,24 +124,28 @@ def build_server(config: OwnerConfig, data: LabeledData | None = None) -> tuple[
     engine = Engine(config, data)  # loads the data: slow part, done before SERVING
     watchdog = Watchdog()  # cancels calls that stop making progress
     closers: list[Callable[[], object]] = [watchdog.close]
+    metrics = OwnerMetrics(engine.methods) if config.metrics.enabled else None
     ledger = Ledger(
         config.owner.state_dir / "ledger.db",
         {t.id: t.cap for t in config.trainers},
         {t.id: t.queries for t in config.trainers},
+        metrics,
     )
     try:
         mutual = config.tls is not None and config.tls.mutual
         auth = Authenticator(config.trainers, mutual)
         servicer = OwnerServicer(engine, ledger, auth, watchdog)
-        limits = config.limits
         server = grpc.server(
             ThreadPoolExecutor(max_workers=config.owner.max_workers, thread_name_prefix="grpc"),
             options=[
-                ("grpc.max_receive_message_length", limits.max_request_bytes),
-                ("grpc.max_send_message_length", limits.max_request_bytes),
+                # Large payloads come in chunks: one message never needs more, and a caller
+                # not yet authenticated can make the owner hold no more than this.
+                ("grpc.max_receive_message_length", MAX_REQUEST_MESSAGE_BYTES),
+                ("grpc.max_send_message_length", MAX_ANSWER_MESSAGE_BYTES),
                 NO_PORT_SHARING,
             ],
             maximum_concurrent_rpcs=config.owner.max_workers * 4,
+            interceptors=[CallObserver(config.owner.name, metrics)],
         )
         # Unary requests are awaited under the watchdog: a caller that never sends one is cut.
         idle = min(config.owner.stream_idle_seconds, UNARY_REQUEST_SECONDS)
@@ -146,6 +154,7 @@ def build_server(config: OwnerConfig, data: LabeledData | None = None) -> tuple[
         add_reflection(server, SERVICE_NAME, auth, watchdog, config.owner)
         port = _add_port(server, config.owner.listen, "owner.listen", credentials)
         health_server = _health_only_server(health_servicer, config, watchdog, closers)
+        metrics_port = _serve_metrics(config, metrics, engine, ledger, closers)
     except BaseException:
         for close_one in closers:
             close_one()
@@ -154,8 +163,26 @@ def build_server(config: OwnerConfig, data: LabeledData | None = None) -> tuple[
         raise
     for name in ("", SERVICE_NAME):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    server_obj = OwnerServer(server, engine, ledger, health_servicer, port, health_server, closers)
+    server_obj = OwnerServer(
+        server, engine, ledger, health_servicer, port, health_server, closers, metrics_port
+    )
     return server_obj, port
+
+
+def _serve_metrics(
+    config: OwnerConfig,
+    metrics: OwnerMetrics | None,
+    engine: Engine,
+    ledger: Ledger,
+    closers: list[Callable[[], object]],
+) -> int | None:
+    """Start `/metrics` on `metrics.listen` (closed with the owner); its port, or None."""
+    if metrics is None:
+        return None
+    metrics.watch(engine.models, ledger)
+    endpoint = MetricsEndpoint(metrics.registry, config.metrics.listen)
+    closers.append(endpoint.close)
+    return endpoint.port
 
 
 def _check_before_loading(config: OwnerConfig) -> grpc.ServerCredentials | None:
@@ -242,6 +269,8 @@ def _bound_addresses(config: OwnerConfig) -> list[tuple[str, str]]:
     addresses = [("owner.listen", config.owner.listen)]
     if config.owner.health_listen is not None:
         addresses.append(("owner.health_listen", config.owner.health_listen))
+    if config.metrics.enabled:
+        addresses.append(("metrics.listen", config.metrics.listen))
     return addresses
 
 
@@ -297,21 +326,24 @@ def serve(config: OwnerConfig, data: LabeledData | None = None) -> OwnerServer:
         ", ".join(info.methods),
         ", ".join(t.id for t in config.trainers) or "none",
     )
+    if server.metrics_port is not None:
+        host, _ = split_address(config.metrics.listen, "metrics.listen")
+        host = f"[{host}]" if ":" in host else host  # an IPv6 address, as a URL writes it
+        log.info("metrics on http://%s:%d/metrics", host, server.metrics_port)
     return server
 
 
 def run_owner(config: OwnerConfig | str | Path) -> int:
     """Run an owner (a config, or its file) until SIGTERM/SIGINT. Returns the exit code."""
-    if not logging.getLogger().handlers:  # e.g. called from the CLI without logging set up
-        logging.basicConfig(
-            level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-        )
     try:
+        if not logs.configured():  # called as a library, without logging set up
+            logs.configure(logging.INFO)
         if not isinstance(config, OwnerConfig):
             config = load_config(config)
+        logs.set_process_fields(owner=config.owner.name)  # one owner per process
         server = serve(config)
     except MycroftError as e:
-        print(f"mycroft: error: {e}", file=sys.stderr)
+        logs.report_error(str(e))
         return 2
     grace = config.owner.grace_seconds
 

@@ -10,12 +10,13 @@ import dataclasses
 import logging
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, TypeVar
 
 import grpc
 import numpy as np
 
-from mycroft import serde, wire
+from mycroft import logs, serde, wire
 from mycroft.errors import InvalidRequest
 from mycroft.messages import LedgerInfo, ModelStatusInfo, SelectSummaryInfo
 from mycroft.v1 import owner_pb2 as pb
@@ -26,12 +27,13 @@ from owner_node.engine import Engine
 from owner_node.ledger import ChargeResult, Ledger, QueryGrant
 from owner_node.limits import Limiter, Place
 from owner_node.models import LoadedModel, check_sha
-from owner_node.select_request import SelectJob, parse_select
+from owner_node.select_request import SelectJob, parse_select, read_select_request
 from owner_node.upload import Upload
 from owner_node.watchdog import Watchdog
 from selection.base import SelectionResult
 
 log = logging.getLogger("owner_node.service")
+T = TypeVar("T")
 
 
 class OwnerServicer(pb_grpc.DataOwnerServicer):
@@ -81,7 +83,12 @@ class OwnerServicer(pb_grpc.DataOwnerServicer):
                         f"trainer {trainer!r} has used its whole query allowance; a model "
                         "upload needs one query (its warm-up embeds the owner's rows)"
                     )
-                upload, loaded, known = self._receive_watched(trainer, request_iterator, context)
+                upload, loaded, known = self._read_watched(
+                    f"upload from {trainer!r}",
+                    request_iterator,
+                    context,
+                    lambda chunks: self._receive(trainer, chunks),
+                )
                 if not known:  # a model new to this trainer: its warm-up costs one query
                     grant = self.ledger.begin_query(
                         trainer, f"upload:{upload.sha}", kind="warm", method="", rows=0
@@ -95,14 +102,13 @@ class OwnerServicer(pb_grpc.DataOwnerServicer):
         log.info("upload trainer=%s model=%s bytes=%d", trainer, upload.sha[:12], upload.total_size)
         return serde.model_status_to_proto(ModelStatusInfo(upload.sha, True, upload.total_size))
 
-    def _receive_watched(
-        self, trainer: str, request_iterator: Iterable[pb.ModelChunk], context
-    ) -> tuple[Upload, LoadedModel, bool]:
-        """`_receive` with the stream under the watchdog: a stalled upload is cancelled."""
-        what = f"upload from {trainer!r}"
+    def _read_watched(
+        self, what: str, request_iterator: Iterable[Any], context, read: Callable[[Iterable], T]
+    ) -> T:
+        """`read(chunks)` with the stream under the watchdog: a stalled stream is cancelled."""
         with self.watchdog.watch(context, what, self.idle, self.upload_seconds) as watch:
             try:
-                return self._receive(trainer, watch.iterate(request_iterator))
+                return read(watch.iterate(request_iterator))
             except grpc.RpcError:  # the stream broke: stalled, or the client left
                 why = watch.expired or "the client cancelled it"
                 raise errors.StreamStalled(f"{what} ended: {why}") from None
@@ -142,8 +148,9 @@ class OwnerServicer(pb_grpc.DataOwnerServicer):
         ledger = LedgerInfo(trainer, self.ledger.budget(trainer), entries)
         return serde.ledger_to_proto(ledger)
 
-    def Select(self, request: pb.SelectRequest, context) -> Iterator[bytes]:
-        """Streams serialized SelectChunk messages (see `rpc.pre_encoded`).
+    def Select(self, request_iterator: Iterable[pb.SelectRequestChunk], context) -> Iterator[bytes]:
+        """Reads the request's chunks, then streams serialized SelectChunk messages (see
+        `rpc.pre_encoded`).
 
         The whole call, replays and the stream included, holds one place in the work queue:
         the handler threads Selects can hold are bounded, in total and per trainer."""
@@ -151,13 +158,20 @@ class OwnerServicer(pb_grpc.DataOwnerServicer):
         rid = "-"
         place = None
         try:
-            rpc.refuse_malformed(self, request, context)
-            rid = _printable(request.request_id[: self.limits.max_request_id_chars]) or "-"
-            caller = self.auth.identify(context)
+            caller = self.auth.identify(context)  # before a byte of the request is read
             who = caller.trainer_id
             started = time.perf_counter()
-            # UNAVAILABLE before any charge, and before decoding D_hard: a refusal is cheap.
+            # UNAVAILABLE before any charge, and before reading D_hard: a refusal is cheap.
             place = self.engine.reserve(caller.trainer_id)
+            limit = self.limits.max_request_bytes
+            request = self._read_watched(
+                f"Select request from {who!r}",
+                request_iterator,
+                context,
+                lambda chunks: read_select_request(chunks, limit),
+            )
+            rid = _printable(request.request_id[: self.limits.max_request_id_chars]) or "-"
+            logs.bind(request_id=rid)  # the rest of this call's log lines name the request
             cap = self.ledger.budget(caller.trainer_id).cap
             job = parse_select(request, self.limits, self.max_rows, max_exclude=cap)
             charge, result = self._select(caller, job, context, place)

@@ -11,6 +11,7 @@ rounds as the request's subset.
 
 from __future__ import annotations
 
+import contextvars
 import hashlib
 import logging
 import time
@@ -21,6 +22,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from mycroft import logs
 from mycroft.messages import (
     Allowance,
     EmbeddedHard,
@@ -148,12 +150,12 @@ class _OwnerJob:
         out = OwnerOutcome(self.endpoint)
         name = self.endpoint.name
         try:
-            with self.make_client(self.endpoint, self.settings) as client:
+            with logs.bound(owner=name), self.make_client(self.endpoint, self.settings) as client:
                 self._run(client, ctx, out)
         except OwnerError as exc:
             out.error, out.error_code = str(exc), exc.code
         except Exception as exc:  # a bug or a surprise must not sink the other owners
-            log.exception("owner=%s unexpected failure", name)
+            log.exception("owner=%s unexpected failure", name, extra={"owner": name})
             out.error, out.error_code = f"owner {name}: {type(exc).__name__}: {exc}", "INTERNAL"
         if out.error is None and not any(r.subset is not None for r in out.requests):
             first = next((r.error for r in out.requests if r.error is not None), None)
@@ -240,7 +242,8 @@ class _OwnerJob:
         """One Select into `req` (its subset, or its error and None). Raises when the owner is
         unreachable: its remaining requests are skipped."""
         try:
-            subset = _select(client, spec, model_bytes)
+            with logs.bound(request_id=spec.request_id):
+                subset = _select(client, spec, model_bytes)
         except OwnerError as exc:
             req.error = exc
             if exc.code in _UNREACHABLE:
@@ -364,8 +367,10 @@ def acquire_all(
     start = time.perf_counter()
     jobs = [_OwnerJob(o, client_settings, plan, make_client, progress) for o in owners]
     workers = max(1, min(client_settings.concurrency, len(jobs)))
+    # Each job runs in a copy of this context: its log lines keep the run's trainer id.
+    contexts = [contextvars.copy_context() for _ in jobs]
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="owner") as pool:
-        outcomes = list(pool.map(lambda job: job.run(ctx), jobs))
+        outcomes = list(pool.map(lambda job, c: c.run(job.run, ctx), jobs, contexts))
     ok = sum(o.ok for o in outcomes)
     log.info("acquired from %d/%d owners in %.1fs", ok, len(outcomes), time.perf_counter() - start)
     return outcomes

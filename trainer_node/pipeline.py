@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from moe.io import model_sha256, model_to_bytes
+from mycroft import logs
 from trainer_node.acquire import AcquireContext, ProgressEvent, ProgressFn, acquire_all
 from trainer_node.baseline import (
     Baseline,
@@ -154,6 +155,18 @@ def run_trainer(
     run_id: str | None = None,
     print_table: bool = False,
     truth: RowTruth | None = None,
+) -> Report:
+    """`_run_trainer` with the trainer's id on every log line of the run (`mycroft.logs`)."""
+    with logs.bound(trainer_id=config.id):
+        return _run_trainer(config, progress, run_id, print_table, truth)
+
+
+def _run_trainer(
+    config: TrainerConfig,
+    progress: ProgressFn | None,
+    run_id: str | None,
+    print_table: bool,
+    truth: RowTruth | None,
 ) -> Report:
     """Run the whole trainer side; write `<run_dir>/<run_id>/report.json` and, if an owner was
     ranked, `<run_dir>/report.json` (run_files). Owners that fail are in the report with their
