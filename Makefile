@@ -9,7 +9,7 @@ VENV_MIN := .venv-min
 STAMP_MIN := $(VENV_MIN)/.installed
 TORCH_PIN := constraints/torch.txt
 
-.PHONY: venv venv-min test test-all test-minimum lint format proto demo example example-owner example-trainer example-csv-owner example-csv-trainer bench-moe bench-quality bench-speed bench-transfer bench-load bench-scale bench clean
+.PHONY: venv venv-min test test-all test-minimum lint format proto demo example example-owner example-trainer example-csv-owner example-csv-trainer bench-moe bench-quality bench-speed bench-transfer bench-load bench-scale bench-ecosystem bench clean
 
 # $(1): the venv folder. torch is pinned and installed first so nothing pulls a CUDA build.
 define make_venv
@@ -101,7 +101,10 @@ bench-load: $(STAMP)
 bench-scale: $(STAMP)
 	$(BIN)/python -m bench.scale
 
-bench: bench-moe bench-quality bench-speed bench-transfer bench-load bench-scale
+bench-ecosystem: $(STAMP)
+	$(BIN)/python -m bench.ecosystem
+
+bench: bench-moe bench-quality bench-speed bench-transfer bench-load bench-scale bench-ecosystem
 
 clean:
 	rm -rf $(VENV) $(VENV_MIN) build *.egg-info .pytest_cache runs

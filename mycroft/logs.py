@@ -138,10 +138,8 @@ def configure(level: int | str = logging.INFO, fmt: str | None = None) -> str:
     capture) alone. Child processes inherit the format through `child_environment()`."""
     global _current_format
     chosen = resolve_format(fmt)
-    handler = logging.StreamHandler(sys.stderr)
+    handler = formatted(logging.StreamHandler(sys.stderr), chosen)
     handler.set_name("mycroft")
-    handler.setFormatter(JsonFormatter() if chosen == "json" else logging.Formatter(TEXT_FORMAT))
-    handler.addFilter(_ContextFields())
     root = logging.getLogger()
     for old in [h for h in root.handlers if h.get_name() == "mycroft"]:
         root.removeHandler(old)
@@ -150,6 +148,19 @@ def configure(level: int | str = logging.INFO, fmt: str | None = None) -> str:
     root.setLevel(level)
     _current_format = chosen
     return chosen
+
+
+def formatted(handler: logging.Handler, fmt: str) -> logging.Handler:
+    """`handler` writing `fmt` ("text" or "json") lines with the context fields: for a log
+    file of a process that is not configured by `configure` (an owner as a Ray actor)."""
+    handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT))
+    handler.addFilter(_ContextFields())
+    return handler
+
+
+def current_format() -> str:
+    """The format this process logs in, to pass on to processes it starts."""
+    return _current_format
 
 
 def configured() -> bool:

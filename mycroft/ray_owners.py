@@ -24,6 +24,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from mycroft import logs
 from mycroft.addresses import split_address
 from mycroft.errors import ConfigError, MycroftError
 
@@ -36,7 +37,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("mycroft.ray_owners")
 LOOPBACK = "127.0.0.1"
 CLOSE_SECONDS = 30.0  # beyond the owner's grace: closing the engine and the ledger
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 @dataclass(frozen=True)
@@ -109,11 +109,10 @@ def _listening_on(config: OwnerConfig, listen: str) -> OwnerConfig:
 class OwnerActor:
     """One owner node in a Ray worker process (wrapped by ray.remote when started)."""
 
-    def __init__(self, log_path: str) -> None:
+    def __init__(self, log_path: str, log_format: str = "text") -> None:
         self._server: OwnerServer | None = None
         self._grace = 0.0
-        handler = logging.FileHandler(log_path)
-        handler.setFormatter(logging.Formatter(LOG_FORMAT))
+        handler = logs.formatted(logging.FileHandler(log_path), log_format)  # as the driver's
         root = logging.getLogger()
         root.addHandler(handler)
         root.setLevel(logging.INFO)
@@ -130,6 +129,7 @@ class OwnerActor:
         from owner_node.server import serve
 
         config = load_config(config_path)
+        logs.set_process_fields(owner=config.owner.name)  # this worker serves one owner
         if loopback:
             host, port = LOOPBACK, split_address(config.owner.listen, "owner.listen")[1]
         else:
@@ -217,7 +217,7 @@ def _start_error(ray: Any, owner: OwnerPlan, error: Exception, log_path: Path) -
 
 
 def _await_started(
-    ray: Any, started: dict[Any, OwnerPlan], logs: Path, settings: RaySettings, timeout: float
+    ray: Any, started: dict[Any, OwnerPlan], log_dir: Path, settings: RaySettings, timeout: float
 ) -> dict[str, OwnerAddresses]:
     """Each owner's addresses, as its actor reports them; the first failure raises."""
     pending = dict(started)
@@ -236,7 +236,7 @@ def _await_started(
         try:
             addresses[owner.name] = ray.get(ready[0])
         except ray.exceptions.RayError as e:
-            raise _start_error(ray, owner, e, logs / f"{owner.name}.log") from None
+            raise _start_error(ray, owner, e, log_dir / f"{owner.name}.log") from None
     return addresses
 
 
@@ -281,19 +281,19 @@ def ray_owners(
         if not sized_here:
             total = float(ray.cluster_resources().get("CPU", 0.0))
             settings = _sized(settings, total, owners, task_cpus, sized_here=False)
-        logs = plan.run_dir / "logs"
-        logs.mkdir(parents=True, exist_ok=True)
+        log_dir = plan.run_dir / "logs"
+        log_dir.mkdir(parents=True, exist_ok=True)
         actor_class = ray.remote(max_restarts=0)(OwnerActor)
         started: dict[Any, OwnerPlan] = {}
         for owner in plan.owners:
             actor = actor_class.options(num_cpus=settings.owner_cpus).remote(
-                str(logs / f"{owner.name}.log")
+                str(log_dir / f"{owner.name}.log"), logs.current_format()
             )
             actors[owner.name] = actor
             # loopback only on the instance started here: one we were given may span nodes
             started[actor.start.remote(str(owner.config), sized_here)] = owner
         deadline = time.monotonic() + startup_timeout
-        addresses = _await_started(ray, started, logs, settings, startup_timeout)
+        addresses = _await_started(ray, started, log_dir, settings, startup_timeout)
         for owner in plan.owners:  # reachable from here, where the trainer dials them
             where = addresses[owner.name]
             wait_serving(owner.name, where.probe, max(1.0, deadline - time.monotonic()))

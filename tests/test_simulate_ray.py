@@ -105,14 +105,22 @@ def test_an_owner_that_cannot_start_is_named_and_the_others_are_stopped(scenario
     run = tmp_path / "run"
     (run / "state").mkdir(parents=True)
     (run / "state" / "irrelevant").write_text("")  # where the owner's state directory goes
-    result = mycroft("-q", "simulate", "--scenario", str(scenario), "--out", str(run), *RAY)
+    # In JSON logs, as a log collector would run it: the actors log in the driver's format.
+    command = ("-q", "--log-format", "json", "simulate", "--scenario", str(scenario))
+    result = mycroft(*command, "--out", str(run), *RAY)
     assert result.returncode == 2
-    (error,) = [line for line in result.stderr.splitlines() if line.startswith("mycroft: error:")]
+    records = [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
+    (error,) = [r["message"] for r in records if r["message"].startswith("mycroft: error:")]
     assert error.startswith("mycroft: error: owner irrelevant: owner.state_dir:")
     assert "Traceback" not in result.stderr
     assert not (run / "report.json").exists()
     # The other owner started beside it, then was stopped: its ledger closed.
-    assert "owner stopped" in (run / "logs" / "relevant.log").read_text()
+    lines = (run / "logs" / "relevant.log").read_text().splitlines()
+    owner_records = [json.loads(line) for line in lines]
+    assert any(r["message"] == "owner stopped" for r in owner_records), lines
+    assert {r.get("owner") for r in owner_records if r["logger"].startswith("owner_node")} == {
+        "relevant"
+    }
 
 
 def test_a_ray_instance_already_running_is_reused_with_owners_on_the_node_address(
