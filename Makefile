@@ -7,15 +7,19 @@ PYTEST_ARGS ?=
 # The minimum-versions venv: every dependency at the lower bound pyproject.toml declares.
 VENV_MIN := .venv-min
 STAMP_MIN := $(VENV_MIN)/.installed
+# The one torch installed, first, so nothing pulls a CUDA build (pyproject.toml declares the
+# range torch>=2.13,<3). constraints/torch.txt holds the same pin for the Dockerfile and for `-c`;
+# tests/test_dependencies.py checks the two agree.
+TORCH := torch==2.13.0
 TORCH_PIN := constraints/torch.txt
 
-.PHONY: venv venv-min test test-all test-minimum lint format proto demo example example-owner example-trainer example-csv-owner example-csv-trainer bench-moe bench-quality bench-speed bench-transfer bench-load bench-scale bench-ecosystem bench clean
+.PHONY: venv venv-min test test-slow test-all test-minimum lint format proto demo example example-owner example-trainer example-csv-owner example-csv-trainer bench-moe bench-quality bench-speed bench-transfer bench-load bench-scale bench-ecosystem bench clean
 
 # $(1): the venv folder. torch is pinned and installed first so nothing pulls a CUDA build.
 define make_venv
 	$(PY) -m venv $(1)
 	$(1)/bin/pip install -q --upgrade pip setuptools wheel
-	$(1)/bin/pip install -q -r $(TORCH_PIN)
+	$(1)/bin/pip install -q '$(TORCH)'
 endef
 
 $(STAMP): pyproject.toml $(TORCH_PIN)
@@ -40,6 +44,10 @@ proto: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+# The heavier tests (fault injection, fuzzing at volume): `make test` plus these is `test-all`.
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -q -m slow $(PYTEST_ARGS)
 
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)

@@ -147,6 +147,8 @@ def test_the_installed_torch_pin_is_the_declared_minimum() -> None:
     torch_pin = pins(ROOT / "constraints" / "torch.txt")
     assert set(torch_pin) == {"torch"}
     assert torch_pin["torch"] == pins(ROOT / "constraints" / "minimum.txt")["torch"]
+    makefile = re.search(r"^TORCH := torch==(\S+)$", (ROOT / "Makefile").read_text(), re.M)
+    assert makefile is not None and makefile.group(1) == torch_pin["torch"]
 
 
 def test_dev_pins_grpcio_tools_to_the_version_the_generated_code_names() -> None:
