@@ -138,7 +138,7 @@ def configure(level: int | str = logging.INFO, fmt: str | None = None) -> str:
     capture) alone. Child processes inherit the format through `child_environment()`."""
     global _current_format
     chosen = resolve_format(fmt)
-    handler = formatted(logging.StreamHandler(sys.stderr), chosen)
+    handler = formatted(_StderrHandler(), chosen)
     handler.set_name("mycroft")
     root = logging.getLogger()
     for old in [h for h in root.handlers if h.get_name() == "mycroft"]:
@@ -148,6 +148,23 @@ def configure(level: int | str = logging.INFO, fmt: str | None = None) -> str:
     root.setLevel(level)
     _current_format = chosen
     return chosen
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to `sys.stderr` as it is when a line is logged, not as it was when logging was
+    configured: a notebook or a test that swaps the stream (and closes the old one) gets the
+    lines, where a fixed stream would raise "I/O operation on closed file"."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property  # type: ignore[override]
+    def stream(self):  # noqa: ANN201 - a text stream, whatever sys.stderr is now
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: object) -> None:  # StreamHandler sets it; it is always stderr
+        pass
 
 
 def formatted(handler: logging.Handler, fmt: str) -> logging.Handler:

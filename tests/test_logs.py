@@ -199,3 +199,24 @@ def test_owner_serve_logs_json_lines_with_its_name(tmp_path):
     assert all(REQUIRED <= e.keys() and e["owner"] == "east" for e in lines)
     assert any(e["message"] == "owner stopped" for e in lines)
     assert all(e["ts"].endswith("Z") for e in lines)
+
+
+def test_lines_follow_stderr_when_it_is_replaced(monkeypatch):
+    """A notebook (or a test) that swaps sys.stderr and closes the old stream still gets the
+    lines, and no "I/O operation on closed file" error."""
+    import io
+
+    first = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", first)
+    try:
+        logs.configure(logging.INFO, "json")
+        first.close()
+        second = io.StringIO()
+        monkeypatch.setattr(sys, "stderr", second)
+        logging.getLogger("mycroft.test").info("after the swap")
+        (line,) = second.getvalue().splitlines()
+        assert json.loads(line)["message"] == "after the swap"
+    finally:
+        root = logging.getLogger()
+        for handler in [h for h in root.handlers if h.get_name() == "mycroft"]:
+            root.removeHandler(handler)
