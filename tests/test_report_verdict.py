@@ -12,7 +12,8 @@ from mycroft.errors import ConfigError
 from trainer_node import plots
 from trainer_node.config import parse_config
 from trainer_node.ranking import Candidate, gain_stats, rank_owners
-from trainer_node.verdict import CLASS_DROP, compute_verdict, sentence_text, verdict_lines
+from trainer_node.verdict import CLASS_DROP, compute_verdict, verdict_lines
+from trainer_node.verdict_sentences import sentence_text
 from trainer_node.versus_random import versus_random, versus_random_lines
 
 CLASSES = ["T-shirt", "Trouser", "Coat", "Bag"]
@@ -268,7 +269,7 @@ def test_terminal_lines_lead_with_the_decision():
 
 
 def test_owner_names_stay_plain_text_in_sentences():
-    from trainer_node.verdict import decision_sentences
+    from trainer_node.verdict_sentences import decision_sentences
 
     v = compute_verdict(report(owner("<b>x</b>", [0.3, 0.31, 0.32])))
     assert sentence_text(decision_sentences(v)[0]).startswith("Pay <b>x</b>:")

@@ -14,7 +14,7 @@ from typing import Any
 
 import jinja2
 
-from trainer_node.verdict import OwnerName
+from trainer_node.verdict_sentences import OwnerName
 
 DASH = "–"  # a value that does not exist (no result, no CI, no budget)
 

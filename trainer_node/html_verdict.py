@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from trainer_node.html_common import DASH, interval, signed
-from trainer_node.verdict import decision_sentences, harm_sentences, other_sentences
+from trainer_node.verdict_sentences import decision_sentences, harm_sentences, other_sentences
 from trainer_node.versus_random import TRUTH_LABELS, share_pair, truth_columns, versus_random
 
 
