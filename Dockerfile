@@ -20,9 +20,9 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /app
-# torch first, from its pin (constraints/torch.txt), so nothing else picks a build.
+# torch first, pinned (as constraints/torch.txt), so nothing else picks a build.
 COPY constraints ./constraints
-RUN pip install -r constraints/torch.txt --index-url "${TORCH_INDEX_URL}"
+RUN pip install 'torch==2.13.0' --index-url "${TORCH_INDEX_URL}"
 
 COPY pyproject.toml README.md ./
 COPY proto ./proto

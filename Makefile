@@ -7,10 +7,9 @@ PYTEST_ARGS ?=
 # The minimum-versions venv: every dependency at the lower bound pyproject.toml declares.
 VENV_MIN := .venv-min
 STAMP_MIN := $(VENV_MIN)/.installed
-# The one torch installed, first, so nothing pulls a CUDA build (pyproject.toml declares the
-# range torch>=2.13,<3). constraints/torch.txt holds the same pin for the Dockerfile and for `-c`;
-# tests/test_dependencies.py checks the two agree.
-TORCH := torch==2.13.0
+# torch==2.13.0 is the one torch installed, first, so nothing pulls a CUDA build (pyproject.toml
+# declares the range torch>=2.13,<3). constraints/torch.txt holds the same pin for `-c`;
+# tests/test_dependencies.py checks that it, this file, the Dockerfile and the README agree.
 TORCH_PIN := constraints/torch.txt
 
 .PHONY: venv venv-min test test-slow test-all test-minimum lint format proto demo example example-owner example-trainer example-csv-owner example-csv-trainer bench-moe bench-quality bench-speed bench-transfer bench-load bench-scale bench-ecosystem bench clean
@@ -19,7 +18,7 @@ TORCH_PIN := constraints/torch.txt
 define make_venv
 	$(PY) -m venv $(1)
 	$(1)/bin/pip install -q --upgrade pip setuptools wheel
-	$(1)/bin/pip install -q '$(TORCH)'
+	$(1)/bin/pip install -q 'torch==2.13.0'
 endef
 
 $(STAMP): pyproject.toml $(TORCH_PIN)
